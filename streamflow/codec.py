@@ -1,0 +1,97 @@
+"""How payloads are laid out in stream entries, and how raw replies are decoded.
+
+Layout written by :meth:`streamflow.App.publish`: one field, ``sf:json``, whose value
+is the UTF-8 JSON text of the payload::
+
+    XADD orders * sf:json '{"order_id": 7}'
+
+Any other entry (for example ``XADD tasks * task_type calculate_square number 4``
+from a plain redis-py producer) is a *raw* entry: its payload is its field map.
+No pickle is used anywhere; payloads are JSON or raw strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import PayloadError, PayloadTooLarge
+
+__all__ = [
+    "JSON_FIELD",
+    "decode_fields",
+    "decode_json_payload",
+    "encode_fields",
+    "encode_json",
+    "is_json_entry",
+]
+
+#: The field holding a JSON payload written by ``App.publish``.
+JSON_FIELD = "sf:json"
+_JSON_FIELD_B = JSON_FIELD.encode()
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+def encode_json(payload: Any, max_bytes: int) -> bytes:
+    """Encode ``payload`` as compact UTF-8 JSON, refusing more than ``max_bytes``."""
+    try:
+        data = _dumps(payload).encode()
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from exc
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"payload is {len(data)} bytes, more than max_payload_bytes={max_bytes}"
+        )
+    return data
+
+
+def encode_fields(fields: Mapping[str, Any], max_bytes: int) -> dict[str, bytes | str]:
+    """Check a raw field map (str keys; str, bytes, int or float values) for size and types."""
+    if not fields:
+        raise PayloadError("a stream entry needs at least one field")
+    out: dict[str, bytes | str] = {}
+    size = 0
+    for key, value in fields.items():
+        if not isinstance(key, str):
+            raise PayloadError(f"field names must be str, got {type(key).__name__}")
+        if isinstance(value, bytes | str):
+            item: bytes | str = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            item = str(value)
+        else:
+            raise PayloadError(
+                f"field {key!r} has a {type(value).__name__} value; use str, bytes, int or float"
+            )
+        size += len(key) + len(item)
+        out[key] = item
+    if size > max_bytes:
+        raise PayloadTooLarge(f"entry is {size} bytes, more than max_payload_bytes={max_bytes}")
+    return out
+
+
+def decode_fields(raw: list[bytes] | None) -> dict[str, str]:
+    """Decode a flat ``[field, value, ...]`` reply into a ``str`` map (invalid UTF-8 is replaced)."""
+    if not raw:
+        return {}
+    it = iter(raw)
+    return {
+        k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in zip(it, it, strict=True)
+    }
+
+
+def is_json_entry(raw: list[bytes] | None) -> bool:
+    """True when the entry has exactly the layout written by ``App.publish``."""
+    return raw is not None and len(raw) == 2 and raw[0] == _JSON_FIELD_B
+
+
+def decode_json_payload(data: bytes, max_bytes: int) -> Any:
+    """Decode a JSON payload; raise :class:`PayloadError` when it is too large or invalid."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"payload is {len(data)} bytes, more than max_payload_bytes={max_bytes}")
+    try:
+        return _loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"invalid JSON payload: {exc}") from exc

@@ -1,0 +1,156 @@
+"""Worker settings: defaults, ``STREAMFLOW_*`` environment variables and overrides, validated early."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_REDIS_URL", "Settings", "validate_name"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+ENV_PREFIX = "STREAMFLOW_"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-{}/@]+$")
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Check a stream, group or consumer name: 1-200 printable chars without spaces or glob chars."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(kind, f"must be a non-empty string, got {name!r}")
+    if len(name) > 200:
+        raise ConfigError(kind, f"{name[:40]!r}... is longer than 200 characters")
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            kind,
+            f"{name!r} may only contain letters, digits and _ . : - {{ }} / @ "
+            "(no spaces, quotes or glob characters)",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide worker settings. Each can be set by ``STREAMFLOW_<NAME>`` or an override."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    """Server URL: ``redis://``, ``rediss://``, ``unix://`` or ``embedded://``."""
+    concurrency: int | None = None
+    """When set, overrides every handler's own ``concurrency``."""
+    log_level: str = "info"
+    log_format: str = "auto"
+    """``console`` (human), ``json`` (machines) or ``auto`` (console on a TTY)."""
+    grace_period: float = 30.0
+    """Seconds in-flight handlers get to finish after SIGTERM/SIGINT."""
+    block_ms: int = 1000
+    """How long one XREADGROUP waits for new entries."""
+    batch_size: int = 1000
+    """Most entries fetched by one XREADGROUP (also capped by free handler slots)."""
+    readers: int = 1
+    """Read loops per handler; each fetches up to ``batch_size`` entries."""
+    ack_interval: float = 0.005
+    """Longest an ack waits before its batch is flushed (seconds)."""
+    ack_batch: int = 500
+    """An ack batch is flushed once it holds this many ids."""
+    visibility_timeout: float = 60.0
+    """Pending entries idle this long belong to a dead consumer and are reclaimed."""
+    reclaim_interval: float = 1.0
+    """How often the reclaimer looks for retries that are due and for dead consumers' work."""
+    dead_consumer_after: float = 3600.0
+    """Consumers idle this long with no pending entries are removed from their group."""
+    consumer_name: str | None = None
+    """Fixed consumer name (to drain its own pending entries after a restart); default unique."""
+    max_payload_bytes: int = 1 << 20
+    """Largest payload accepted on publish and on consume (bigger ones are dead-lettered)."""
+    socket_timeout: float = 10.0
+    """Seconds a command may wait for its reply (BLOCK time is added for reads)."""
+    connect_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from defaults, then ``STREAMFLOW_*`` env vars, then ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw, ENV_PREFIX + f.name.upper())
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if key not in {f.name for f in fields(cls)}:
+                raise ConfigError(key, "unknown setting")
+            values[key] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(source, f"{raw!r} is not a number") from None
+    return raw
+
+
+def _check(s: Settings) -> None:
+    def positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+    if not isinstance(s.redis_url, str) or "://" not in s.redis_url:
+        raise ConfigError("redis_url", "must be a URL such as redis://host:6379/0 or embedded://")
+    scheme = s.redis_url.split("://", 1)[0].lower()
+    if scheme not in {"redis", "rediss", "unix", "embedded", "redis+cluster", "rediss+cluster"}:
+        raise ConfigError(
+            "redis_url",
+            f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
+        )
+    if s.concurrency is not None:
+        positive("concurrency", s.concurrency)
+        if int(s.concurrency) != s.concurrency:
+            raise ConfigError("concurrency", "must be a whole number")
+    if s.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ConfigError("log_level", f"{s.log_level!r} is not one of debug, info, warning, error")
+    if s.log_format not in {"auto", "console", "json"}:
+        raise ConfigError("log_format", f"{s.log_format!r} is not one of auto, console, json")
+    positive("grace_period", s.grace_period, allow_zero=True)
+    positive("block_ms", s.block_ms)
+    positive("batch_size", s.batch_size)
+    positive("readers", s.readers)
+    positive("ack_interval", s.ack_interval)
+    positive("ack_batch", s.ack_batch)
+    positive("visibility_timeout", s.visibility_timeout)
+    positive("reclaim_interval", s.reclaim_interval)
+    positive("dead_consumer_after", s.dead_consumer_after)
+    positive("max_payload_bytes", s.max_payload_bytes)
+    positive("socket_timeout", s.socket_timeout)
+    positive("connect_timeout", s.connect_timeout)
+    if s.reclaim_interval >= s.visibility_timeout:
+        raise ConfigError(
+            "reclaim_interval",
+            f"must be shorter than visibility_timeout ({s.visibility_timeout}s)",
+        )
+    if s.consumer_name is not None:
+        validate_name("consumer_name", s.consumer_name)
+
+

@@ -1,0 +1,481 @@
+"""Consumer: the read loop and bounded handler dispatch for one handler's group of streams.
+
+One :class:`Consumer` serves one registered handler. It owns
+
+* reader loop(s): ``XREADGROUP COUNT n BLOCK t`` over all the handler's streams in one
+  call, where ``n`` never exceeds the free handler slots (memory stays bounded);
+* a pool of handler slots (at most ``concurrency``): long-lived coroutines that take
+  entries from a local queue. A slot that finishes a fast handler takes the next entry
+  without a task switch; an idle slot is woken only when its help is needed;
+* the failure path: retry later (the entry is parked on the group's retry consumer
+  until its backoff elapses), or dead-letter it;
+* a lease loop that keeps long-running entries from being reclaimed by other workers;
+* a :class:`~streamflow.reclaimer.Reclaimer` that feeds due retries and entries of
+  dead consumers into the same slots.
+
+Successful entries are acked through the worker's shared :class:`~streamflow.acks.AckBuffer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import anyio
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import scripts
+from .acks import AckBuffer
+from .app import HandlerSpec
+from .config import Settings
+from .deadletter import build_record
+from .errors import PayloadError, Reject
+from .message import Message
+
+__all__ = ["RETRY_CONSUMER", "Consumer", "parse_entries"]
+
+log = structlog.get_logger("streamflow.consumer")
+
+#: Pseudo-consumer that holds failed entries while their retry backoff runs.
+RETRY_CONSUMER = "streamflow:retry"
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def parse_entries(entries: list[Any] | None) -> list[tuple[bytes, list[bytes] | None]]:
+    """Normalise a list of ``[id, fields]`` stream entries from a raw reply."""
+    if not entries:
+        return []
+    return [(e[0], e[1]) for e in entries]
+
+
+class Consumer:
+    """Reads, dispatches, acks, retries and dead-letters entries for one handler."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        client: Any,
+        acker: AckBuffer,
+        settings: Settings,
+        consumer_name: str,
+    ) -> None:
+        self.spec = spec  # what to run and with which policies
+        self.client = client  # shared redis.asyncio client
+        self.acker = acker  # worker-wide ack batcher
+        self.settings = settings
+        self.name = consumer_name  # this process's consumer name in every group
+        self.group = spec.group
+        self.streams = list(spec.streams)
+        self.concurrency = settings.concurrency or spec.concurrency  # handler slots
+        self._stream_by_raw = {s.encode(): s for s in self.streams}  # reply key -> name
+        self._last_seen: dict[str, bytes] = {}  # newest id read per stream (for NOGROUP)
+        self.log = log.bind(group=self.group, consumer=self.name, handler=spec.name)
+
+        # -- handler slots --------------------------------------------------------------
+        self._queue: deque[Message] = deque()  # entries read, waiting for a slot
+        self._idle: deque[asyncio.Future[None]] = deque()  # wake-up futures of idle slots
+        self._slots = 0  # slot coroutines alive
+        self._waking = 0  # slots woken (or spawned) that have not yet looked at the queue
+        self._busy = 0  # slots running a handler right now
+        self._reserved = 0  # slots promised to reads/claims that are still in progress
+        self._running: dict[tuple[str, bytes], float] = {}  # in-flight entry -> lease time
+        self._space = asyncio.Event()  # set when a slot frees while a reader waits
+        self._closing = False  # no new work: idle slots exit once the queue is empty
+        self._work_tg: anyio.abc.TaskGroup | None = None  # owns the slot coroutines
+        self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
+        self._stopping = False
+        self.drained = anyio.Event()  # set when run() has finished all its work
+
+        # -- counters (read by tests, `info` and benchmarks) ------------------------------
+        self.high_water = 0  # most handlers ever in flight at once
+        self.handled = 0  # handlers that returned
+        self.failed = 0  # handler failures (exceptions and timeouts)
+        self.retried = 0  # failures parked for a retry
+        self.dead_lettered = 0  # entries moved to the dead-letter stream
+        self.trimmed = 0  # pending entries found deleted from their stream
+        self.reads = 0  # XREADGROUP calls that returned entries
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Create groups, drain this consumer's own pending entries, then read until stopped."""
+        from .reclaimer import Reclaimer  # noqa: PLC0415  (reclaimer imports this module)
+
+        try:
+            await self.ensure_groups()
+            task_status.started()
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._lease_loop)
+                async with anyio.create_task_group() as work:
+                    self._work_tg = work
+                    with anyio.CancelScope() as intake_scope:
+                        self._intake_scope = intake_scope
+                        if not self._stopping:
+                            async with anyio.create_task_group() as intake:
+                                await self._drain_own_pending()
+                                for _ in range(self.settings.readers):
+                                    intake.start_soon(self._read_loop)
+                                intake.start_soon(Reclaimer(self).run)
+                    self._close_slots()
+                outer.cancel_scope.cancel()
+        finally:
+            self.drained.set()
+
+    def stop(self) -> None:
+        """Stop reading and reclaiming; slots finish the entries already taken, then exit."""
+        self._stopping = True
+        if self._intake_scope is not None:
+            self._intake_scope.cancel()
+
+    def cancel_handlers(self) -> None:
+        """Cancel running handlers now (their entries stay pending and will be redelivered)."""
+        self._stopping = True
+        if self._intake_scope is not None:
+            self._intake_scope.cancel()
+        self._queue.clear()
+        if self._work_tg is not None:
+            self._work_tg.cancel_scope.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        """Entries taken from Redis and not finished: queued plus running."""
+        return len(self._queue) + self._busy
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def ensure_groups(self, start_ids: dict[str, bytes | str] | None = None) -> None:
+        """Create the group on every stream (MKSTREAM); an existing group is left as it is."""
+        for stream in self.streams:
+            start = (start_ids or {}).get(stream, self.spec.start_id)
+            try:
+                await self.client.execute_command(
+                    "XGROUP", "CREATE", stream, self.group, start, "MKSTREAM"
+                )
+                if start_ids:
+                    self.log.warning("group_recreated", stream=stream, start_id=_s(start))
+                else:
+                    self.log.info("group_created", stream=stream, start_id=_s(start))
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _recreate_groups(self) -> None:
+        """After NOGROUP (server flushed or restarted empty, group or stream deleted)."""
+        starts: dict[str, bytes | str] = {}
+        for stream in self.streams:
+            starts[stream] = self._last_seen.get(stream, b"0")
+        await self.ensure_groups(starts)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        """Slots not running, queued for, or promised to an entry."""
+        return self.concurrency - self._busy - len(self._queue) - self._reserved
+
+    async def reserve(self, most: int) -> int:
+        """Wait for at least one free slot, then promise up to ``most`` slots; return how many."""
+        while True:
+            free = self.free_slots()
+            if free > 0:
+                n = min(free, most)
+                self._reserved += n
+                return n
+            self._space.clear()
+            await self._space.wait()
+
+    async def _read_loop(self) -> None:
+        streams = self.streams
+        ids = [">"] * len(streams)
+        block = self.settings.block_ms
+        batch = self.settings.batch_size
+        delay = 0.0
+        failing = False
+        while True:
+            count = await self.reserve(batch)
+            try:
+                try:
+                    reply = await self.client.execute_command(
+                        "XREADGROUP", "GROUP", self.group, self.name, "COUNT", count,
+                        "BLOCK", block, "STREAMS", *streams, *ids,
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        self.log.warning("nogroup", error=str(exc))
+                        await self._recreate_groups()
+                    else:
+                        self.log.error("read_failed", error=str(exc))
+                    delay = min(max(delay * 2, 0.1), 5.0)
+                    await anyio.sleep(delay)
+                    continue
+                except _TRANSIENT as exc:
+                    if not failing:
+                        self.log.warning("read_failed", error=str(exc) or type(exc).__name__)
+                        failing = True
+                    delay = min(max(delay * 2, 0.1), 5.0)
+                    await anyio.sleep(delay)
+                    continue
+                if failing:
+                    self.log.info("read_recovered")
+                    failing = False
+                delay = 0.0
+                if reply:
+                    self.reads += 1
+                    self._submit_reply(reply)
+            finally:
+                self._reserved -= count
+
+    def _submit_reply(self, reply: Any) -> None:
+        items = reply.items() if isinstance(reply, dict) else reply
+        group = self.group
+        limit = self.settings.max_payload_bytes
+        batch: list[Message] = []
+        for raw_stream, entries in items:
+            stream = self._stream_by_raw.get(raw_stream) or raw_stream.decode()
+            if entries:
+                for raw_id, raw_fields in entries:
+                    batch.append(Message(raw_id, raw_fields, stream, group, 1, limit))
+                self._last_seen[stream] = entries[-1][0]
+        self.submit(batch)
+
+    async def _drain_own_pending(self) -> None:
+        """Take back this consumer's own pending entries (after a restart under its name)."""
+        for stream in self.streams:
+            while not self._stopping:
+                try:
+                    rows = await self.client.execute_command(
+                        "XPENDING", stream, self.group, "-", "+", 1000, self.name
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        break
+                    raise
+                if not rows:
+                    break
+                self.log.info("own_pending_found", stream=stream, entries=len(rows))
+                for start in range(0, len(rows), self.settings.batch_size):
+                    chunk = rows[start:start + self.settings.batch_size]
+                    attempts = {r[0]: int(r[3]) + 1 for r in chunk}
+                    n = await self.reserve(len(chunk))
+                    try:
+                        chunk = chunk[:n]
+                        claimed = await self.client.execute_command(
+                            "XCLAIM", stream, self.group, self.name, 0, *[r[0] for r in chunk]
+                        )
+                        await self.dispatch_claimed(stream, claimed, attempts)
+                    finally:
+                        self._reserved -= n
+                if len(rows) < 1000:
+                    break
+
+    async def dispatch_claimed(
+        self, stream: str, claimed: list[Any] | None, attempts: dict[bytes, int]
+    ) -> None:
+        """Run entries that XCLAIM returned; dead-letter those out of attempts; ack deleted ones."""
+        batch: list[Message] = []
+        limit = self.settings.max_payload_bytes
+        for raw_id, raw_fields in parse_entries(claimed):
+            if raw_fields is None:
+                await self.ack_trimmed(stream, [raw_id])
+                continue
+            msg = Message(raw_id, raw_fields, stream, self.group, attempts.get(raw_id, 1), limit)
+            if msg.attempt > self.spec.retry.max_attempts:
+                await self.dead_letter(
+                    msg, "MaxAttemptsExceeded",
+                    f"delivered {msg.attempt} times, more than max_attempts="
+                    f"{self.spec.retry.max_attempts} (a worker may have died while running it)",
+                )
+                continue
+            batch.append(msg)
+        self.submit(batch)
+
+    async def ack_trimmed(self, stream: str, raw_ids: list[bytes]) -> None:
+        """Ack pending entries whose content was deleted or trimmed from the stream."""
+        if not raw_ids:
+            return
+        self.trimmed += len(raw_ids)
+        self.log.warning("pending_entries_trimmed", stream=stream, count=len(raw_ids),
+                         ids=[i.decode() for i in raw_ids[:10]])
+        await self.client.execute_command("XACK", stream, self.group, *raw_ids)
+
+    # -- handler slots --------------------------------------------------------------------
+
+    def submit(self, batch: list[Message]) -> None:
+        """Queue entries for the handler slots (callers reserved the room beforehand)."""
+        if not batch:
+            return
+        self._queue.extend(batch)
+        if not self._waking:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._idle:
+            fut = self._idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self._waking += 1
+                return
+        if self._slots < self.concurrency and self._work_tg is not None:
+            self._slots += 1
+            self._waking += 1
+            self._work_tg.start_soon(self._slot)
+
+    def _close_slots(self) -> None:
+        self._closing = True
+        while self._idle:
+            fut = self._idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        func = self.spec.func
+        timeout = self.spec.timeout
+        acker = self.acker
+        group = self.group
+        running = self._running
+        self._waking -= 1
+        try:
+            while True:
+                if not queue:
+                    if self._closing:
+                        return
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._idle.append(fut)
+                    try:
+                        await fut
+                    except BaseException:
+                        if fut.done() and not fut.cancelled():
+                            self._waking -= 1
+                        raise
+                    self._waking -= 1
+                    continue
+                msg = queue.popleft()
+                if queue and not self._waking:
+                    self._wake_one()
+                self._busy += 1
+                if self._busy > self.high_water:
+                    self.high_water = self._busy
+                key = (msg.stream, msg.raw_id)
+                running[key] = time.monotonic()
+                try:
+                    if timeout is None:
+                        await func(msg)
+                    else:
+                        async with asyncio.timeout(timeout):
+                            await func(msg)
+                except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+                    del running[key]
+                    await self._on_failure(msg, exc)
+                else:
+                    del running[key]
+                    self.handled += 1
+                    acker.add(msg.stream, group, msg.raw_id)
+                finally:
+                    running.pop(key, None)
+                    self._busy -= 1
+                    if not self._space.is_set():
+                        self._space.set()
+        finally:
+            self._slots -= 1
+
+    # -- failures -------------------------------------------------------------------------
+
+    async def _on_failure(self, msg: Message, exc: BaseException) -> None:
+        self.failed += 1
+        retry = self.spec.retry
+        fields = {"stream": msg.stream, "message_id": msg.id, "attempt": msg.attempt}
+        if isinstance(exc, TimeoutError) and self.spec.timeout is not None:
+            reason = f"handler timed out after {self.spec.timeout:g}s"
+            exc_type = "HandlerTimeout"
+        else:
+            reason = str(exc) or type(exc).__name__
+            exc_type = type(exc).__name__
+        try:
+            if isinstance(exc, PayloadError | Reject):
+                self.log.warning("message_rejected", **fields, error_type=exc_type, error=reason)
+                await self.dead_letter(msg, exc_type, reason, exc)
+            elif msg.attempt >= retry.max_attempts:
+                self.log.error("handler_failed_final", **fields, error_type=exc_type,
+                               error=reason, exc_info=exc)
+                await self.dead_letter(msg, exc_type, reason, exc)
+            else:
+                delay = retry.base_delay(msg.attempt)
+                self.log.warning("handler_failed", **fields, error_type=exc_type, error=reason,
+                                 retry_in=round(delay, 3), exc_info=exc)
+                moved = await self.client.eval(
+                    scripts.CLAIM_IF_OWNED, 1, msg.stream, self.group, self.name,
+                    RETRY_CONSUMER, msg.raw_id,
+                )
+                if moved:
+                    self.retried += 1
+        except (RedisError, OSError) as err:
+            # The entry stays pending under this consumer: it is retried after the
+            # visibility timeout (or when this consumer restarts) - never lost.
+            self.log.error("failure_handling_failed", **fields, error=str(err))
+
+    async def dead_letter(
+        self, msg: Message, error_type: str, error: str, exc: BaseException | None = None
+    ) -> None:
+        """Move ``msg`` to its dead-letter stream and ack it, in one atomic step."""
+        dlq = self.spec.dead_letter_stream(msg.stream)
+        tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
+        record = build_record(
+            stream=msg.stream, raw_id=msg.raw_id, group=self.group, consumer=self.name,
+            attempts=msg.attempt, error_type=error_type, error=error, handler=self.spec.name,
+            raw_fields=msg.raw_fields, traceback=tb,
+        )
+        result = await self.client.eval(
+            scripts.DEAD_LETTER, 2, msg.stream, dlq, self.group, msg.raw_id, *record
+        )
+        if result:
+            self.dead_lettered += 1
+            self.log.error("dead_lettered", stream=msg.stream, message_id=msg.id,
+                           attempt=msg.attempt, dead_letter_stream=dlq, error_type=error_type,
+                           error=error)
+        else:
+            self.log.warning("dead_letter_skipped", stream=msg.stream, message_id=msg.id,
+                             reason="entry was no longer pending")
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Renew the idle time of long-running entries so no other worker reclaims them."""
+        every = self.settings.visibility_timeout / 4
+        while True:
+            await anyio.sleep(every)
+            now = time.monotonic()
+            due: dict[str, list[bytes]] = {}
+            for (stream, raw_id), since in list(self._running.items()):
+                if now - since >= every:
+                    due.setdefault(stream, []).append(raw_id)
+            for stream, raw_ids in due.items():
+                try:
+                    renewed = await self.client.eval(
+                        scripts.CLAIM_IF_OWNED, 1, stream, self.group, self.name, self.name,
+                        *raw_ids,
+                    )
+                except (RedisError, OSError) as exc:
+                    self.log.warning("lease_renewal_failed", stream=stream, entries=len(raw_ids),
+                                     error=str(exc))
+                    continue
+                renewed_set = set(renewed or [])
+                for raw_id in raw_ids:
+                    key = (stream, raw_id)
+                    if key in self._running:
+                        self._running[key] = now
+                    if raw_id not in renewed_set:
+                        self.log.warning("lease_lost", stream=stream, message_id=raw_id.decode(),
+                                         hint="another worker reclaimed this entry")
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

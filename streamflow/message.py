@@ -1,0 +1,80 @@
+"""Message: one stream entry as a handler sees it, decoded lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .codec import decode_fields, decode_json_payload, is_json_entry
+
+__all__ = ["Message"]
+
+_UNSET: Any = object()
+
+
+class Message:
+    """One entry of a Redis stream, delivered to a handler of a consumer group.
+
+    Fields are decoded only when a handler asks for them, so a handler that
+    reads nothing costs nothing. ``payload`` raises :class:`~streamflow.PayloadError`
+    for an entry written by ``App.publish`` whose JSON is invalid; the worker then
+    dead-letters the message instead of retrying it.
+    """
+
+    __slots__ = ("_fields", "_id", "_payload", "_raw", "attempt", "group", "max_bytes", "stream")
+
+    def __init__(
+        self,
+        raw_id: bytes,
+        raw_fields: list[bytes] | None,
+        stream: str,
+        group: str,
+        attempt: int = 1,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self._id = raw_id  # entry id exactly as Redis sent it (used for XACK)
+        self._raw = raw_fields  # flat [field, value, ...] list; None if the entry was deleted
+        self.stream = stream  # stream the entry came from
+        self.group = group  # consumer group it was delivered to
+        self.attempt = attempt  # delivery number: 1 on first delivery, counts up on redelivery
+        self.max_bytes = max_bytes  # payload size limit enforced on decode
+        self._fields: dict[str, str] | None = None  # cache of decoded fields
+        self._payload: Any = _UNSET  # cache of the decoded payload
+
+    @property
+    def id(self) -> str:
+        """The entry id, e.g. ``"1700000000000-0"``."""
+        return self._id.decode()
+
+    @property
+    def raw_id(self) -> bytes:
+        """The entry id as bytes, as Redis returned it."""
+        return self._id
+
+    @property
+    def raw_fields(self) -> list[bytes] | None:
+        """The undecoded ``[field, value, ...]`` list, or None for a deleted entry."""
+        return self._raw
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The entry's field map decoded to ``str`` (always the raw map, whatever the producer)."""
+        if self._fields is None:
+            self._fields = decode_fields(self._raw)
+        return self._fields
+
+    @property
+    def payload(self) -> Any:
+        """The decoded JSON for entries written by ``App.publish``, else the field map."""
+        if self._payload is _UNSET:
+            raw = self._raw
+            if raw is not None and is_json_entry(raw):
+                self._payload = decode_json_payload(raw[1], self.max_bytes)
+            else:
+                self._payload = self.fields
+        return self._payload
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message stream={self.stream!r} group={self.group!r} id={self.id!r} "
+            f"attempt={self.attempt}>"
+        )

@@ -1,0 +1,62 @@
+"""Lua scripts that make multi-step stream operations atomic (one key slot each)."""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM_IF_OWNED", "DEAD_LETTER", "DELETE_IDLE_CONSUMER", "REPLAY"]
+
+#: Move pending entries owned by ARGV[2] to consumer ARGV[3], resetting their idle time,
+#: without counting a delivery. Entries another consumer took over are left alone.
+#: KEYS[1] stream; ARGV[1] group, ARGV[2] owner, ARGV[3] new owner, ARGV[4..] ids.
+#: Returns the ids moved. Used to renew leases (owner == new owner) and to park a
+#: failed entry on the retry consumer until its backoff has elapsed.
+CLAIM_IF_OWNED = """
+local moved = {}
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[i], 'JUSTID')
+    moved[#moved + 1] = ARGV[i]
+  end
+end
+return moved
+"""
+
+#: Ack an entry and add its dead-letter record in one step, only if it was still pending
+#: (so an entry is never both acked and lost, nor dead-lettered twice).
+#: KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] group, ARGV[2] id,
+#: ARGV[3..] field/value pairs of the record. Returns the record id, or false.
+DEAD_LETTER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+return false
+"""
+
+#: Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entries and has
+#: been idle at least ARGV[3] ms (checked and deleted atomically, so no pending entry
+#: is ever thrown away). KEYS[1] stream. Returns 1 if deleted.
+DELETE_IDLE_CONSUMER = """
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, c in ipairs(consumers) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  if info['name'] == ARGV[2] then
+    if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
+
+#: Re-publish a dead-letter record to its original stream and delete it from the
+#: dead-letter stream, atomically. KEYS[1] dead-letter stream, KEYS[2] original stream;
+#: ARGV[1] record id, ARGV[2..] original field/value pairs. Returns the new id or false.
+REPLAY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+"""

@@ -1,0 +1,176 @@
+"""Worker: runs every handler's consumer, the ack flusher and signal handling in one task group.
+
+Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`): readers and reclaimers stop, handlers
+already started (and entries already read) finish within ``grace_period``, acks are
+flushed, the process exits 0. Whatever did not finish stays pending and is redelivered
+later. A second signal cancels running handlers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from .acks import AckBuffer
+from .config import Settings
+from .connection import Connection
+from .consumer import Consumer
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Worker", "default_consumer_name", "run_worker"]
+
+log = structlog.get_logger("streamflow.worker")
+
+
+def default_consumer_name() -> str:
+    """``<host>-<pid>-<random>``: unique per process, readable in ``streamflow info``."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs an :class:`~streamflow.App`'s handlers until stopped."""
+
+    def __init__(
+        self, app: App, settings: Settings | None = None, *, handle_signals: bool = True
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings()
+        self.name = self.settings.consumer_name or default_consumer_name()  # consumer name
+        self.handle_signals = handle_signals  # install SIGINT/SIGTERM handlers in serve()
+        self.consumers: list[Consumer] = []  # one per handler, built in serve()
+        self.acker: AckBuffer | None = None
+        self.connection: Connection | None = None
+        self.ready = anyio.Event()  # set once every consumer has created its groups
+        self._stop = anyio.Event()  # set by stop(): begin the graceful drain
+        self._forced = False  # set by a second stop(): cancel handlers now
+        self.exit_reason = ""
+
+    def stop(self, reason: str = "requested") -> None:
+        """Begin a graceful shutdown; a second call cancels running handlers at once."""
+        if self._stop.is_set():
+            if not self._forced:
+                self._forced = True
+                log.warning("worker_force_stop", reason=reason)
+                for c in self.consumers:
+                    c.cancel_handlers()
+            return
+        self.exit_reason = reason
+        self._stop.set()
+
+    async def serve(self) -> None:
+        """Connect, run until :meth:`stop` (or a signal), drain, and close."""
+        if not self.app.handlers:
+            raise ConfigError("app", "no handlers registered (use @app.handler(...))")
+        s = self.settings
+        conn = Connection(
+            s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
+            connect_timeout=s.connect_timeout,
+        )
+        self.connection = conn
+        if self.app._connection is None or s.redis_url.startswith("embedded://"):
+            self.app.use_connection(conn)
+        try:
+            await conn.check()
+            client = await conn.client()
+            for hook in self.app.startup_hooks:
+                await hook()
+            self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
+            self.consumers = [
+                Consumer(spec, client, self.acker, s, self.name) for spec in self.app.handlers
+            ]
+            await self._run(conn)
+            for hook in self.app.shutdown_hooks:
+                with anyio.CancelScope(shield=True):
+                    await hook()
+        finally:
+            if self.app._connection is conn:
+                self.app._connection = None
+            await conn.aclose()
+
+    async def _run(self, conn: Connection) -> None:
+        assert self.acker is not None
+        acker = self.acker
+        s = self.settings
+        acker_done = anyio.Event()
+
+        async def run_acker() -> None:
+            try:
+                await acker.run()
+            finally:
+                acker_done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_acker)
+            if self.handle_signals:
+                await tg.start(self._watch_signals)
+            for c in self.consumers:
+                await tg.start(c.run)
+            log.info(
+                "worker_started", consumer=self.name, url=conn.safe_url
+                if conn.server is None else conn.effective_url,
+                handlers=[{"handler": c.spec.name, "streams": c.streams, "group": c.group,
+                           "concurrency": c.concurrency} for c in self.consumers],
+            )
+            self.ready.set()
+            await self._stop.wait()
+            log.info("worker_stopping", reason=self.exit_reason,
+                     in_flight=sum(c.in_flight for c in self.consumers),
+                     grace_period=s.grace_period)
+            for c in self.consumers:
+                c.stop()
+            with anyio.move_on_after(s.grace_period) as grace:
+                for c in self.consumers:
+                    await c.drained.wait()
+            if grace.cancelled_caught:
+                left = sum(c.in_flight for c in self.consumers)
+                log.warning("grace_period_expired", cancelled=left,
+                            hint="their entries stay pending and will be redelivered")
+                for c in self.consumers:
+                    c.cancel_handlers()
+                for c in self.consumers:
+                    await c.drained.wait()
+            acker.close()
+            with anyio.move_on_after(s.socket_timeout + 1):
+                await acker_done.wait()
+            tg.cancel_scope.cancel()
+        log.info(
+            "worker_stopped",
+            handled=sum(c.handled for c in self.consumers),
+            failed=sum(c.failed for c in self.consumers),
+            dead_lettered=sum(c.dead_lettered for c in self.consumers),
+            acked=acker.acked, ack_flushes=acker.flushes, unacked=len(acker),
+        )
+
+    async def _watch_signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.stop(signal.Signals(signum).name)
+
+
+def run_worker(app: App, settings: Settings) -> None:
+    """Blocking entry point used by the CLI: logging, event loop (uvloop if asked), serve."""
+    from .logging import configure_logging  # noqa: PLC0415
+
+    configure_logging(settings.log_level, settings.log_format)
+    options: dict[str, Any] = {}
+    if os.environ.get("STREAMFLOW_UVLOOP", "auto") != "0":
+        try:
+            import uvloop  # noqa: F401, PLC0415
+
+            options["use_uvloop"] = True
+        except ImportError:
+            pass
+    anyio.run(Worker(app, settings).serve, backend="asyncio", backend_options=options)
