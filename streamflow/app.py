@@ -122,6 +122,7 @@ class App:
             validate_name("dead_letter", dead_letter.replace("{stream}", "x"))
 
         def decorate(func: H) -> H:
+            registered: H = func
             if not inspect.iscoroutinefunction(func):
                 raise ConfigError(
                     "handler", f"{getattr(func, '__qualname__', func)!r} must be an async def"
@@ -150,7 +151,7 @@ class App:
                     retention=retention,
                 )
             )
-            return func
+            return registered
 
         return decorate
 
@@ -265,7 +266,7 @@ class App:
     async def _xadd(
         self, stream: str, fields: Mapping[str, Any], maxlen: int | None, approximate: bool
     ) -> str:
-        client = await self.connection.client()
+        client: Any = await self.connection.client()
         args: list[Any] = ["XADD", stream]
         if maxlen is not None:
             args += ["MAXLEN", "~" if approximate else "=", maxlen]
@@ -278,13 +279,13 @@ class App:
 
     async def serve(self, **overrides: Any) -> None:
         """Run a worker for this app in the current event loop until it is stopped."""
-        from .worker import Worker  # noqa: PLC0415  (worker imports app)
+        from .worker import Worker
 
         await Worker(self, self.settings(**overrides)).serve()
 
     def run(self, **overrides: Any) -> None:
         """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop)."""
-        from .worker import run_worker  # noqa: PLC0415
+        from .worker import run_worker
 
         run_worker(self, self.settings(**overrides))
 

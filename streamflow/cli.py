@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--log-format", choices=["auto", "console", "json"],
                       help="console for humans, json for machines (default: auto by TTY)")
 
-    from .admin import add_admin_commands  # noqa: PLC0415
+    from .admin import add_admin_commands
 
     add_admin_commands(sub)
     return parser
@@ -124,12 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamflowError as exc:
         print(f"streamflow: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(StreamflowError)
+        if matched is None:
+            raise
+        print(f"streamflow: error: {_first_leaf(matched)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
 
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
 def _run(args: argparse.Namespace) -> int:
-    from .worker import run_worker  # noqa: PLC0415
+    from .worker import run_worker
 
     app = load_app(args.app)
     url = "embedded://" if args.embedded else args.redis_url

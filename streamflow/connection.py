@@ -84,7 +84,7 @@ class Connection:
     async def _open(self) -> aioredis.Redis:
         url = self.url
         if url.lower().startswith("embedded://"):
-            from .embedded import ServerProcess  # noqa: PLC0415  (optional machinery)
+            from .embedded import ServerProcess
 
             server = ServerProcess(name="streamflow-embedded")
             await anyio.to_thread.run_sync(server.start)

@@ -35,7 +35,7 @@ from .acks import AckBuffer
 from .app import HandlerSpec
 from .config import Settings
 from .deadletter import build_record
-from .errors import PayloadError, Reject
+from .errors import ConfigError, PayloadError, Reject, ServerUnavailable
 from .message import Message
 
 __all__ = ["RETRY_CONSUMER", "Consumer", "parse_entries"]
@@ -107,7 +107,7 @@ class Consumer:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
                   ) -> None:
         """Create groups, drain this consumer's own pending entries, then read until stopped."""
-        from .reclaimer import Reclaimer  # noqa: PLC0415  (reclaimer imports this module)
+        from .reclaimer import Reclaimer
 
         try:
             await self.ensure_groups()
@@ -164,8 +164,18 @@ class Consumer:
                 else:
                     self.log.info("group_created", stream=stream, start_id=_s(start))
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+                text = str(exc)
+                if "BUSYGROUP" in text:
+                    continue
+                if "WRONGTYPE" in text:
+                    raise ConfigError(
+                        "stream name", f"key {stream!r} exists and is not a stream"
+                    ) from None
+                if "NOPERM" in text:
+                    raise ServerUnavailable(
+                        f"the Redis user may not create group {self.group!r} on {stream!r}: {text}"
+                    ) from None
+                raise
 
     async def _recreate_groups(self) -> None:
         """After NOGROUP (server flushed or restarted empty, group or stream deleted)."""
@@ -372,7 +382,7 @@ class Consumer:
                     else:
                         async with asyncio.timeout(timeout):
                             await func(msg)
-                except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+                except Exception as exc:
                     del running[key]
                     await self._on_failure(msg, exc)
                 else:

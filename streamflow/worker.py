@@ -162,13 +162,13 @@ class Worker:
 
 def run_worker(app: App, settings: Settings) -> None:
     """Blocking entry point used by the CLI: logging, event loop (uvloop if asked), serve."""
-    from .logging import configure_logging  # noqa: PLC0415
+    from .logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {}
     if os.environ.get("STREAMFLOW_UVLOOP", "auto") != "0":
         try:
-            import uvloop  # noqa: F401, PLC0415
+            import uvloop  # noqa: F401
 
             options["use_uvloop"] = True
         except ImportError:
