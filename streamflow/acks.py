@@ -9,6 +9,8 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
+from .rawpipe import RawPipe
+
 __all__ = ["AckBuffer"]
 
 log = structlog.get_logger("streamflow.acks")
@@ -28,35 +30,45 @@ class AckBuffer:
         self.max_batch = max_batch  # flush as soon as this many ids are buffered
         self.interval = interval  # ... or this long after the first buffered id
         self._pending: dict[tuple[str, str], list[bytes]] = {}  # ids waiting, per (stream, group)
-        self._count = 0  # ids in _pending
         self._has_items = asyncio.Event()  # set when _pending goes from empty to non-empty
-        self._full = asyncio.Event()  # set when _count reaches max_batch
+        self._full = asyncio.Event()  # set when a bucket reaches max_batch
         self._closing = False  # set by close(): flush what is left and stop
+        self._pipe: RawPipe | None = None  # the flusher's own connection
         self.acked = 0  # ids Redis confirmed acked
         self.flushes = 0  # pipelines sent
         self.missing = 0  # ids XACK reported as not pending (already acked or deleted)
 
-    def add(self, stream: str, group: str, raw_id: bytes) -> None:
-        """Buffer one id for acking (called by a handler slot after its handler returned)."""
-        key = (stream, group)
-        ids = self._pending.get(key)
+    def bucket(self, stream: str, group: str) -> list[bytes]:
+        """The list that collects ids to ack for (stream, group); it lives as long as the buffer.
+
+        Hot-path callers append to it directly and then call :meth:`notify`.
+        """
+        ids = self._pending.get((stream, group))
         if ids is None:
-            self._pending[key] = [raw_id]
-        else:
-            ids.append(raw_id)
-        self._count += 1
-        if self._count == 1:
+            ids = self._pending[(stream, group)] = []
+        return ids
+
+    def notify(self, size: int) -> None:
+        """Tell the flusher a bucket grew to ``size`` ids (wakes it on first id and when full)."""
+        if not self._has_items.is_set():
             self._has_items.set()
-        if self._count >= self.max_batch:
+        if size >= self.max_batch:
             self._full.set()
 
+    def add(self, stream: str, group: str, raw_id: bytes) -> None:
+        """Buffer one id for acking (called after its handler returned)."""
+        ids = self.bucket(stream, group)
+        ids.append(raw_id)
+        self.notify(len(ids))
+
     def __len__(self) -> int:
-        return self._count
+        return sum(map(len, self._pending.values()))
 
     def take(self) -> dict[tuple[str, str], list[bytes]]:
         """Remove and return everything buffered (for a caller that sends it itself)."""
-        batch, self._pending = self._pending, {}
-        self._count = 0
+        batch = {key: ids[:] for key, ids in self._pending.items() if ids}
+        for ids in self._pending.values():
+            ids.clear()
         self._has_items.clear()
         self._full.clear()
         return batch
@@ -83,16 +95,37 @@ class AckBuffer:
                     hint="entries were already acked, deleted, or their group was recreated",
                 )
 
-    async def flush(self) -> None:
-        """Send everything buffered now, in one pipeline; keep the ids if sending fails."""
-        if not self._count:
-            return
-        batch = self.take()
-        pipe = self._client.pipeline(transaction=False)
-        for (stream, group), ids in batch.items():
-            pipe.execute_command("XACK", stream, group, *ids)
+    async def send_with(self, pipe: RawPipe, command: list[Any]) -> Any:
+        """Send the buffered acks and then ``command`` in one round trip; return its reply.
+
+        The reader uses this so that acking costs no round trip of its own. A reply
+        that is an error is raised after the acks were accounted for.
+        """
+        batch = self.take() if self._has_items.is_set() else {}
+        commands: list[Any] = [["XACK", s, g, *ids] for (s, g), ids in batch.items()]
+        commands.append(command)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await pipe.execute(commands)
+        except BaseException:
+            self.put_back(batch)
+            raise
+        if batch:
+            self.record(batch, results[:-1])
+        reply = results[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def flush(self) -> None:
+        """Send everything buffered now, in one round trip; keep the ids if sending fails."""
+        batch = self.take()
+        if not batch:
+            return
+        if self._pipe is None:
+            self._pipe = RawPipe(self._client)
+        commands: list[Any] = [["XACK", s, g, *ids] for (s, g), ids in batch.items()]
+        try:
+            results = await self._pipe.execute(commands)
         except (RedisError, OSError) as exc:
             self.put_back(batch)
             log.warning("ack_flush_failed", ids=sum(map(len, batch.values())), error=str(exc))
@@ -106,13 +139,14 @@ class AckBuffer:
         """Flush loop: runs until :meth:`close`, then flushes what is left and returns."""
         delay = 0.05
         while True:
-            if not self._count:
+            if not len(self):
                 if self._closing:
                     return
+                self._has_items.clear()
                 await self._has_items.wait()
-                if not self._count:
+                if not len(self):
                     continue
-            if self._count < self.max_batch and not self._closing:
+            if not self._full.is_set() and not self._closing:
                 with anyio.move_on_after(self.interval):
                     await self._full.wait()
             try:
@@ -120,11 +154,20 @@ class AckBuffer:
                 delay = 0.05
             except (RedisError, OSError):
                 if self._closing:
-                    log.error("acks_lost_on_shutdown", ids=self._count,
+                    log.error("acks_lost_on_shutdown", ids=len(self),
                               hint="these entries stay pending and will be redelivered")
+                    await self._close_pipe()
                     return
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            if self._closing and not len(self):
+                await self._close_pipe()
+                return
+
+    async def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.aclose()
 
     def close(self) -> None:
         """Ask :meth:`run` to flush what is buffered and return."""

@@ -98,7 +98,8 @@ class App:
     ) -> Callable[[H], H]:
         """Register an ``async def handler(msg)`` for one or more streams.
 
-        ``group`` defaults to the handler's qualified name. ``concurrency`` bounds the
+        ``group`` defaults to the handler's qualified name (``__qualname__``, without
+        the module, so ``python app.py`` and ``streamflow run app:app`` agree). ``concurrency`` bounds the
         handlers of this registration in flight in one process. ``timeout`` (seconds,
         default 180, None for no limit) cancels a handler that runs too long and counts
         as a failed attempt. ``retry`` sets attempts and backoff; after the last attempt
@@ -128,7 +129,10 @@ class App:
                     "handler", f"{getattr(func, '__qualname__', func)!r} must be an async def"
                 )
             name = f"{func.__module__}.{func.__qualname__}"
-            group_name = group if group is not None else _GROUP_CLEAN_RE.sub("_", name)
+            # The default group is the qualified name without the module, so that the same
+            # handler forms the same group whether its module runs as __main__ or is imported.
+            default = _GROUP_CLEAN_RE.sub("_", func.__qualname__)
+            group_name = group if group is not None else default
             validate_name("group", group_name)
             for spec in self.handlers:
                 if spec.group == group_name and set(spec.streams) & set(streams):
@@ -181,7 +185,8 @@ class App:
         if self._connection is None:
             s = self.settings()
             self._connection = Connection(
-                s.redis_url, socket_timeout=s.socket_timeout, connect_timeout=s.connect_timeout
+                s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
+                connect_timeout=s.connect_timeout,
             )
         return self._connection
 

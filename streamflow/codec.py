@@ -20,6 +20,7 @@ from .errors import PayloadError, PayloadTooLarge
 
 __all__ = [
     "JSON_FIELD",
+    "pack_command",
     "decode_fields",
     "decode_json_payload",
     "encode_fields",
@@ -95,3 +96,22 @@ def decode_json_payload(data: bytes, max_bytes: int) -> Any:
         return _loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"invalid JSON payload: {exc}") from exc
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"cannot send a {type(value).__name__} to Redis")
+
+
+def pack_command(args: list[Any] | tuple[Any, ...]) -> bytes:
+    """Encode one command in RESP (what redis-py does, without its per-argument overhead)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for value in args:
+        data = _arg(value)
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)

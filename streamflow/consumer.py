@@ -37,6 +37,7 @@ from .config import Settings
 from .deadletter import build_record
 from .errors import ConfigError, PayloadError, Reject, ServerUnavailable
 from .message import Message
+from .rawpipe import RawPipe
 
 __all__ = ["RETRY_CONSUMER", "Consumer", "parse_entries"]
 
@@ -85,12 +86,14 @@ class Consumer:
         self._waking = 0  # slots woken (or spawned) that have not yet looked at the queue
         self._busy = 0  # slots running a handler right now
         self._reserved = 0  # slots promised to reads/claims that are still in progress
-        self._running: dict[tuple[str, bytes], float] = {}  # in-flight entry -> lease time
-        self._space = asyncio.Event()  # set when a slot frees while a reader waits
+        self._slot_states: set[_SlotState] = set()  # one per live slot coroutine
+        self._space = asyncio.Event()  # set when enough slots freed while a reader waits
+        self._space_needed = 0  # free slots a waiting reader wants (0: nobody waits)
         self._closing = False  # no new work: idle slots exit once the queue is empty
         self._work_tg: anyio.abc.TaskGroup | None = None  # owns the slot coroutines
         self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
-        self._stopping = False
+        self._stopping = False  # no new reads or claims once set
+        self.stop_requested = anyio.Event()  # the same, for tasks that sleep between passes
         self.drained = anyio.Event()  # set when run() has finished all its work
 
         # -- counters (read by tests, `info` and benchmarks) ------------------------------
@@ -114,6 +117,7 @@ class Consumer:
             task_status.started()
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._lease_loop)
+                outer.start_soon(self._watchdog)
                 async with anyio.create_task_group() as work:
                     self._work_tg = work
                     with anyio.CancelScope() as intake_scope:
@@ -130,10 +134,14 @@ class Consumer:
             self.drained.set()
 
     def stop(self) -> None:
-        """Stop reading and reclaiming; slots finish the entries already taken, then exit."""
+        """Stop reading and reclaiming; slots finish the entries already taken, then exit.
+
+        A read already on its way is not cancelled (that would strand the entries Redis
+        delivered to it): it returns within ``block_ms`` and its entries are handled.
+        """
         self._stopping = True
-        if self._intake_scope is not None:
-            self._intake_scope.cancel()
+        self.stop_requested.set()
+        self._space.set()  # wake readers waiting for free slots
 
     def cancel_handlers(self) -> None:
         """Cancel running handlers now (their entries stay pending and will be redelivered)."""
@@ -190,57 +198,82 @@ class Consumer:
         """Slots not running, queued for, or promised to an entry."""
         return self.concurrency - self._busy - len(self._queue) - self._reserved
 
-    async def reserve(self, most: int) -> int:
-        """Wait for at least one free slot, then promise up to ``most`` slots; return how many."""
+    async def reserve(self, most: int, least: int = 1) -> int:
+        """Wait until ``least`` slots are free (or all are), then promise up to ``most``.
+
+        Returns how many were promised (0 once the consumer is stopping); the caller gives
+        them back by decrementing ``_reserved`` once the entries are queued (or the read
+        failed).
+        """
+        least = max(1, min(least, most, self.concurrency))
         while True:
+            if self._stopping:
+                return 0
             free = self.free_slots()
-            if free > 0:
+            if free >= least or (free > 0 and self._busy == 0 and not self._queue):
                 n = min(free, most)
                 self._reserved += n
                 return n
             self._space.clear()
-            await self._space.wait()
+            self._space_needed = least
+            try:
+                await self._space.wait()
+            finally:
+                self._space_needed = 0
+
+    def running_ids(self) -> set[tuple[str, bytes]]:
+        """(stream, id) of every entry a handler of this process is running now."""
+        return {(st.msg.stream, st.msg.raw_id) for st in self._slot_states if st.msg is not None}
 
     async def _read_loop(self) -> None:
+        """Read batches until cancelled; each read also carries the acks buffered so far."""
         streams = self.streams
-        ids = [">"] * len(streams)
-        block = self.settings.block_ms
-        batch = self.settings.batch_size
+        read_args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", 0,
+                                "BLOCK", self.settings.block_ms, "STREAMS", *streams,
+                                *([">"] * len(streams))]
+        # Read at most half the slots at a time, so that the next read is already on its
+        # way while the slots work through the previous batch.
+        batch = max(1, min(self.settings.batch_size, self.concurrency // 2))
+        least = max(1, batch // 2)
+        reader = RawPipe(self.client)
         delay = 0.0
         failing = False
-        while True:
-            count = await self.reserve(batch)
-            try:
+        try:
+            while True:
+                count = await self.reserve(batch, least)
+                if not count:
+                    return
                 try:
-                    reply = await self.client.execute_command(
-                        "XREADGROUP", "GROUP", self.group, self.name, "COUNT", count,
-                        "BLOCK", block, "STREAMS", *streams, *ids,
-                    )
-                except ResponseError as exc:
-                    if "NOGROUP" in str(exc):
-                        self.log.warning("nogroup", error=str(exc))
-                        await self._recreate_groups()
-                    else:
-                        self.log.error("read_failed", error=str(exc))
-                    delay = min(max(delay * 2, 0.1), 5.0)
-                    await anyio.sleep(delay)
-                    continue
-                except _TRANSIENT as exc:
-                    if not failing:
-                        self.log.warning("read_failed", error=str(exc) or type(exc).__name__)
-                        failing = True
-                    delay = min(max(delay * 2, 0.1), 5.0)
-                    await anyio.sleep(delay)
-                    continue
-                if failing:
-                    self.log.info("read_recovered")
-                    failing = False
-                delay = 0.0
-                if reply:
-                    self.reads += 1
-                    self._submit_reply(reply)
-            finally:
-                self._reserved -= count
+                    read_args[5] = count
+                    try:
+                        reply = await self.acker.send_with(reader, read_args)
+                    except ResponseError as exc:
+                        if "NOGROUP" in str(exc):
+                            self.log.warning("nogroup", error=str(exc))
+                            await self._recreate_groups()
+                        else:
+                            self.log.error("read_failed", error=str(exc))
+                        delay = min(max(delay * 2, 0.1), 5.0)
+                        await anyio.sleep(delay)
+                        continue
+                    except _TRANSIENT as exc:
+                        if not failing:
+                            self.log.warning("read_failed", error=str(exc) or type(exc).__name__)
+                            failing = True
+                        delay = min(max(delay * 2, 0.1), 5.0)
+                        await anyio.sleep(delay)
+                        continue
+                    if failing:
+                        self.log.info("read_recovered")
+                        failing = False
+                    delay = 0.0
+                    if reply:
+                        self.reads += 1
+                        self._submit_reply(reply)
+                finally:
+                    self._reserved -= count
+        finally:
+            await reader.aclose()
 
     def _submit_reply(self, reply: Any) -> None:
         items = reply.items() if isinstance(reply, dict) else reply
@@ -274,6 +307,8 @@ class Consumer:
                     chunk = rows[start:start + self.settings.batch_size]
                     attempts = {r[0]: int(r[3]) + 1 for r in chunk}
                     n = await self.reserve(len(chunk))
+                    if not n:
+                        return
                     try:
                         chunk = chunk[:n]
                         claimed = await self.client.execute_command(
@@ -348,10 +383,13 @@ class Consumer:
         loop = asyncio.get_running_loop()
         queue = self._queue
         func = self.spec.func
-        timeout = self.spec.timeout
         acker = self.acker
-        group = self.group
-        running = self._running
+        notify = acker.notify
+        buckets = {stream: acker.bucket(stream, self.group) for stream in self.streams}
+        monotonic = time.monotonic
+        concurrency = self.concurrency
+        state = _SlotState(asyncio.current_task())
+        self._slot_states.add(state)
         self._waking -= 1
         try:
             while True:
@@ -374,28 +412,50 @@ class Consumer:
                 self._busy += 1
                 if self._busy > self.high_water:
                     self.high_water = self._busy
-                key = (msg.stream, msg.raw_id)
-                running[key] = time.monotonic()
+                state.msg = msg
+                state.started = state.leased = monotonic()
                 try:
-                    if timeout is None:
-                        await func(msg)
-                    else:
-                        async with asyncio.timeout(timeout):
-                            await func(msg)
-                except Exception as exc:
-                    del running[key]
+                    await func(msg)
+                except asyncio.CancelledError:
+                    # The watchdog cancels a handler past its timeout; any other
+                    # cancellation (shutdown) propagates.
+                    if not state.timed_out or state.task is None or state.task.uncancel() > 0:
+                        raise
+                    state.timed_out = False
+                    await self._on_failure(msg, HandlerTimeout())
+                except Exception as exc:  # a handler may raise anything
                     await self._on_failure(msg, exc)
                 else:
-                    del running[key]
                     self.handled += 1
-                    acker.add(msg.stream, group, msg.raw_id)
+                    bucket = buckets[msg.stream]
+                    bucket.append(msg._id)
+                    notify(len(bucket))
                 finally:
-                    running.pop(key, None)
+                    state.msg = None
                     self._busy -= 1
-                    if not self._space.is_set():
+                    needed = self._space_needed
+                    if needed and (
+                        concurrency - self._busy - len(queue) - self._reserved >= needed
+                    ):
                         self._space.set()
         finally:
+            self._slot_states.discard(state)
             self._slots -= 1
+
+    async def _watchdog(self) -> None:
+        """Cancel handlers that run longer than the handler timeout (checked every tick)."""
+        timeout = self.spec.timeout
+        if timeout is None:
+            return
+        tick = min(1.0, timeout / 10)
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            for state in list(self._slot_states):
+                overdue = state.msg is not None and now - state.started >= timeout
+                if overdue and not state.timed_out and state.task is not None:
+                    state.timed_out = True
+                    state.task.cancel()
 
     # -- failures -------------------------------------------------------------------------
 
@@ -403,7 +463,7 @@ class Consumer:
         self.failed += 1
         retry = self.spec.retry
         fields = {"stream": msg.stream, "message_id": msg.id, "attempt": msg.attempt}
-        if isinstance(exc, TimeoutError) and self.spec.timeout is not None:
+        if isinstance(exc, HandlerTimeout):
             reason = f"handler timed out after {self.spec.timeout:g}s"
             exc_type = "HandlerTimeout"
         else:
@@ -463,11 +523,13 @@ class Consumer:
         while True:
             await anyio.sleep(every)
             now = time.monotonic()
-            due: dict[str, list[bytes]] = {}
-            for (stream, raw_id), since in list(self._running.items()):
-                if now - since >= every:
-                    due.setdefault(stream, []).append(raw_id)
-            for stream, raw_ids in due.items():
+            due: dict[str, list[_SlotState]] = {}
+            for state in list(self._slot_states):
+                msg = state.msg
+                if msg is not None and now - state.leased >= every:
+                    due.setdefault(msg.stream, []).append(state)
+            for stream, states in due.items():
+                raw_ids = [st.msg.raw_id for st in states if st.msg is not None]
                 try:
                     renewed = await self.client.eval(
                         scripts.CLAIM_IF_OWNED, 1, stream, self.group, self.name, self.name,
@@ -478,13 +540,29 @@ class Consumer:
                                      error=str(exc))
                     continue
                 renewed_set = set(renewed or [])
+                for st in states:
+                    st.leased = now
                 for raw_id in raw_ids:
-                    key = (stream, raw_id)
-                    if key in self._running:
-                        self._running[key] = now
                     if raw_id not in renewed_set:
                         self.log.warning("lease_lost", stream=stream, message_id=raw_id.decode(),
                                          hint="another worker reclaimed this entry")
+
+
+class HandlerTimeout(Exception):
+    """A handler ran longer than its ``timeout``; counts as a failed attempt."""
+
+
+class _SlotState:
+    """What one handler slot is doing (read by the lease loop, watchdog and reclaimer)."""
+
+    __slots__ = ("leased", "msg", "started", "task", "timed_out")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task  # the slot's task (cancelled by the watchdog on timeout)
+        self.msg: Message | None = None  # entry being handled, None when idle
+        self.started = 0.0  # monotonic time the handler started
+        self.leased = 0.0  # monotonic time of the last lease renewal (or start)
+        self.timed_out = False  # set by the watchdog just before it cancels the task
 
 
 def _s(value: bytes | str) -> str:

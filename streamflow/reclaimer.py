@@ -63,8 +63,11 @@ class Reclaimer:
     async def run(self) -> None:
         """Reclaim every ``reclaim_interval`` until cancelled; errors are logged, never fatal."""
         failing = False
-        while True:
-            await anyio.sleep(self.interval)
+        while not self.c._stopping:
+            with anyio.move_on_after(self.interval):
+                await self.c.stop_requested.wait()
+            if self.c._stopping:
+                return
             try:
                 await self.reclaim_once()
                 now = time.monotonic()
@@ -103,6 +106,7 @@ class Reclaimer:
             extra = []
         start = "-"
         claimed = 0
+        running = c.running_ids() if not retries else set()
         while True:
             rows = await c.client.execute_command(
                 "XPENDING", stream, c.group, "IDLE", min_idle, start, "+", PAGE, *extra
@@ -116,7 +120,7 @@ class Reclaimer:
                 else:
                     if owner == RETRY_CONSUMER.encode():
                         continue  # waits for its own backoff, handled by the retry scan
-                    if owner == c.name.encode() and (stream, raw_id) in c._running:
+                    if owner == c.name.encode() and (stream, raw_id) in running:
                         continue  # running here right now (its lease is being renewed)
                     need = vis_ms
                 if int(idle) >= need:
@@ -132,6 +136,8 @@ class Reclaimer:
         got = 0
         while due:
             n = await c.reserve(len(due))
+            if not n:
+                break
             chunk, due = due[:n], due[n:]
             try:
                 pipe = c.client.pipeline(transaction=False)

@@ -55,6 +55,16 @@ class Worker:
         self._forced = False  # set by a second stop(): cancel handlers now
         self.exit_reason = ""
 
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown has begun."""
+        return self._stop.is_set()
+
+    @property
+    def handled(self) -> int:
+        """Handlers that returned successfully so far, over all consumers."""
+        return sum(c.handled for c in self.consumers)
+
     def stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown; a second call cancels running handlers at once."""
         if self._stop.is_set():
@@ -72,13 +82,18 @@ class Worker:
         if not self.app.handlers:
             raise ConfigError("app", "no handlers registered (use @app.handler(...))")
         s = self.settings
-        conn = Connection(
-            s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
-            connect_timeout=s.connect_timeout,
-        )
+        app_conn = self.app._connection
+        if app_conn is not None and app_conn.url == s.redis_url:
+            conn, owned = app_conn, False  # share the app's (e.g. its embedded server)
+        else:
+            conn = Connection(
+                s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
+                connect_timeout=s.connect_timeout,
+            )
+            owned = True
+            if app_conn is None:
+                self.app.use_connection(conn)  # app.publish from handlers goes through it
         self.connection = conn
-        if self.app._connection is None or s.redis_url.startswith("embedded://"):
-            self.app.use_connection(conn)
         try:
             await conn.check()
             client = await conn.client()
@@ -93,9 +108,10 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await hook()
         finally:
-            if self.app._connection is conn:
-                self.app._connection = None
-            await conn.aclose()
+            if owned:
+                if self.app._connection is conn:
+                    self.app._connection = None
+                await conn.aclose()
 
     async def _run(self, conn: Connection) -> None:
         assert self.acker is not None
@@ -173,4 +189,10 @@ def run_worker(app: App, settings: Settings) -> None:
             options["use_uvloop"] = True
         except ImportError:
             pass
-    anyio.run(Worker(app, settings).serve, backend="asyncio", backend_options=options)
+    async def main() -> None:
+        try:
+            await Worker(app, settings).serve()
+        finally:
+            await app.aclose()
+
+    anyio.run(main, backend="asyncio", backend_options=options)

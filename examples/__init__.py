@@ -1,0 +1,1 @@
+"""Runnable examples for streamflow (run them from the repository root)."""

@@ -1,0 +1,1 @@
+"""The Redis Streams "calculate_square" tutorial, as a streamflow app."""

@@ -1,0 +1,1 @@
+"""Simulated image-resize job queue: concurrency, retries and a done-hash."""
