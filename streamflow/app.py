@@ -15,6 +15,7 @@ from .connection import Connection
 from .errors import ConfigError
 from .message import Message
 from .policies import Retention, Retry
+from .rawpipe import RawPipe
 
 __all__ = ["App", "Handler", "HandlerSpec"]
 
@@ -253,19 +254,21 @@ class App:
         client = await self.connection.client()
         limit = self.max_payload_bytes
         ids: list[str] = []
-        pipe = client.pipeline(transaction=False)
-        n = 0
-        for item in payloads:
-            if raw:
-                pipe.execute_command("XADD", stream, "*", *_flatten(encode_fields(item, limit)))
-            else:
-                pipe.execute_command("XADD", stream, "*", JSON_FIELD, encode_json(item, limit))
-            n += 1
-            if n == chunk:
-                ids.extend(r.decode() for r in await pipe.execute())
-                n = 0
-        if n:
-            ids.extend(r.decode() for r in await pipe.execute())
+        pipe = RawPipe(client)
+        try:
+            commands: list[list[Any]] = []
+            for item in payloads:
+                if raw:
+                    commands.append(["XADD", stream, "*", *_flatten(encode_fields(item, limit))])
+                else:
+                    commands.append(["XADD", stream, "*", JSON_FIELD, encode_json(item, limit)])
+                if len(commands) == chunk:
+                    ids.extend(_ids(await pipe.execute(commands)))
+                    commands = []
+            if commands:
+                ids.extend(_ids(await pipe.execute(commands)))
+        finally:
+            await pipe.aclose()
         return ids
 
     async def _xadd(
@@ -293,6 +296,13 @@ class App:
         from .worker import run_worker
 
         run_worker(self, self.settings(**overrides))
+
+
+def _ids(replies: list[Any]) -> list[str]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return [reply.decode() for reply in replies]
 
 
 def _flatten(fields: Mapping[str, Any]) -> list[Any]:

@@ -388,7 +388,8 @@ class Consumer:
         buckets = {stream: acker.bucket(stream, self.group) for stream in self.streams}
         monotonic = time.monotonic
         concurrency = self.concurrency
-        state = _SlotState(asyncio.current_task())
+        task = asyncio.current_task()
+        state = _SlotState(task)
         self._slot_states.add(state)
         self._waking -= 1
         try:
@@ -414,30 +415,39 @@ class Consumer:
                     self.high_water = self._busy
                 state.msg = msg
                 state.started = state.leased = monotonic()
+                failure: BaseException | None = None
                 try:
                     await func(msg)
                 except asyncio.CancelledError:
                     # The watchdog cancels a handler past its timeout; any other
                     # cancellation (shutdown) propagates.
-                    if not state.timed_out or state.task is None or state.task.uncancel() > 0:
+                    if not state.timed_out or task is None or task.uncancel() > 0:
+                        state.msg = None
+                        self._busy -= 1
                         raise
                     state.timed_out = False
-                    await self._on_failure(msg, HandlerTimeout())
+                    failure = HandlerTimeout()
                 except Exception as exc:  # a handler may raise anything
-                    await self._on_failure(msg, exc)
-                else:
+                    failure = exc
+                if state.timed_out and task is not None:
+                    # The handler swallowed the watchdog's cancellation and returned.
+                    state.timed_out = False
+                    task.uncancel()
+                state.msg = None
+                if failure is None:
                     self.handled += 1
                     bucket = buckets[msg.stream]
                     bucket.append(msg._id)
                     notify(len(bucket))
-                finally:
-                    state.msg = None
                     self._busy -= 1
-                    needed = self._space_needed
-                    if needed and (
-                        concurrency - self._busy - len(queue) - self._reserved >= needed
-                    ):
-                        self._space.set()
+                else:
+                    try:
+                        await self._on_failure(msg, failure)
+                    finally:
+                        self._busy -= 1
+                needed = self._space_needed
+                if needed and concurrency - self._busy - len(queue) - self._reserved >= needed:
+                    self._space.set()
         finally:
             self._slot_states.discard(state)
             self._slots -= 1

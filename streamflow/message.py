@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .codec import decode_fields, decode_json_payload, is_json_entry
+from .errors import PayloadTooLarge
 
 __all__ = ["Message"]
 
@@ -59,7 +60,14 @@ class Message:
     def fields(self) -> dict[str, str]:
         """The entry's field map decoded to ``str`` (always the raw map, whatever the producer)."""
         if self._fields is None:
-            self._fields = decode_fields(self._raw)
+            raw = self._raw
+            if raw is not None:
+                size = sum(map(len, raw))
+                if size > self.max_bytes:
+                    raise PayloadTooLarge(
+                        f"entry is {size} bytes, more than max_payload_bytes={self.max_bytes}"
+                    )
+            self._fields = decode_fields(raw)
         return self._fields
 
     @property
