@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -111,9 +112,15 @@ def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
 
 
 def _check(s: Settings) -> None:
-    def positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    def positive(
+        name: str, value: float, *, allow_zero: bool = False, whole: bool = False
+    ) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(name, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+        if whole and not isinstance(value, int):
+            raise ConfigError(name, f"must be a whole number, got {value!r}")
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
@@ -126,23 +133,22 @@ def _check(s: Settings) -> None:
             f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
         )
     if s.concurrency is not None:
-        positive("concurrency", s.concurrency)
-        if int(s.concurrency) != s.concurrency:
-            raise ConfigError("concurrency", "must be a whole number")
-    if s.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        positive("concurrency", s.concurrency, whole=True)
+    levels = {"debug", "info", "warning", "error", "critical"}
+    if not isinstance(s.log_level, str) or s.log_level.lower() not in levels:
         raise ConfigError("log_level", f"{s.log_level!r} is not one of debug, info, warning, error")
-    if s.log_format not in {"auto", "console", "json"}:
+    if not isinstance(s.log_format, str) or s.log_format not in {"auto", "console", "json"}:
         raise ConfigError("log_format", f"{s.log_format!r} is not one of auto, console, json")
     positive("grace_period", s.grace_period, allow_zero=True)
-    positive("block_ms", s.block_ms)
-    positive("batch_size", s.batch_size)
-    positive("readers", s.readers)
+    positive("block_ms", s.block_ms, whole=True)
+    positive("batch_size", s.batch_size, whole=True)
+    positive("readers", s.readers, whole=True)
     positive("ack_interval", s.ack_interval)
-    positive("ack_batch", s.ack_batch)
+    positive("ack_batch", s.ack_batch, whole=True)
     positive("visibility_timeout", s.visibility_timeout)
     positive("reclaim_interval", s.reclaim_interval)
     positive("dead_consumer_after", s.dead_consumer_after)
-    positive("max_payload_bytes", s.max_payload_bytes)
+    positive("max_payload_bytes", s.max_payload_bytes, whole=True)
     positive("socket_timeout", s.socket_timeout)
     positive("connect_timeout", s.connect_timeout)
     if s.reclaim_interval >= s.visibility_timeout:

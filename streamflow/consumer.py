@@ -289,12 +289,18 @@ class Consumer:
         self.submit(batch)
 
     async def _drain_own_pending(self) -> None:
-        """Take back this consumer's own pending entries (after a restart under its name)."""
+        """Take back this consumer's own pending entries (after a restart under its name).
+
+        Walks the consumer's PEL once, in id order, claiming (XCLAIM, which counts the
+        delivery) as many entries at a time as there are free slots.
+        """
+        page = 1000
         for stream in self.streams:
+            start = "-"
             while not self._stopping:
                 try:
                     rows = await self.client.execute_command(
-                        "XPENDING", stream, self.group, "-", "+", 1000, self.name
+                        "XPENDING", stream, self.group, start, "+", page, self.name
                     )
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):
@@ -303,22 +309,24 @@ class Consumer:
                 if not rows:
                     break
                 self.log.info("own_pending_found", stream=stream, entries=len(rows))
-                for start in range(0, len(rows), self.settings.batch_size):
-                    chunk = rows[start:start + self.settings.batch_size]
-                    attempts = {r[0]: int(r[3]) + 1 for r in chunk}
-                    n = await self.reserve(len(chunk))
+                done = 0
+                while done < len(rows):
+                    n = await self.reserve(len(rows) - done)
                     if not n:
                         return
+                    chunk = rows[done:done + n]
+                    done += n
                     try:
-                        chunk = chunk[:n]
+                        attempts = {r[0]: int(r[3]) + 1 for r in chunk}
                         claimed = await self.client.execute_command(
                             "XCLAIM", stream, self.group, self.name, 0, *[r[0] for r in chunk]
                         )
                         await self.dispatch_claimed(stream, claimed, attempts)
                     finally:
                         self._reserved -= n
-                if len(rows) < 1000:
+                if len(rows) < page:
                     break
+                start = "(" + rows[-1][0].decode()
 
     async def dispatch_claimed(
         self, stream: str, claimed: list[Any] | None, attempts: dict[bytes, int]

@@ -1,0 +1,3 @@
+"""A module that fails to import (for the CLI error tests)."""
+
+raise RuntimeError("boom at import time")
