@@ -331,10 +331,21 @@ class Consumer:
     async def dispatch_claimed(
         self, stream: str, claimed: list[Any] | None, attempts: dict[bytes, int]
     ) -> None:
-        """Run entries that XCLAIM returned; dead-letter those out of attempts; ack deleted ones."""
+        """Run entries XCLAIM returned; dead-letter those out of attempts; ack deleted ones.
+
+        ``attempts`` maps every id that was asked for to its attempt number. Ids that
+        XCLAIM did not return were either claimed by another worker meanwhile or deleted
+        from the stream (Redis 7+ then drops them from the PEL silently): the deleted
+        ones are counted as trimmed.
+        """
         batch: list[Message] = []
         limit = self.settings.max_payload_bytes
-        for raw_id, raw_fields in parse_entries(claimed):
+        entries = parse_entries(claimed)
+        returned = {raw_id for raw_id, _ in entries}
+        missing = [raw_id for raw_id in attempts if raw_id not in returned]
+        if missing:
+            await self._count_deleted(stream, missing)
+        for raw_id, raw_fields in entries:
             if raw_fields is None:
                 await self.ack_trimmed(stream, [raw_id])
                 continue
@@ -348,6 +359,16 @@ class Consumer:
                 continue
             batch.append(msg)
         self.submit(batch)
+
+    async def _count_deleted(self, stream: str, raw_ids: list[bytes]) -> None:
+        """Of ids a claim did not return, ack and count those no longer in the stream."""
+        pipe = self.client.pipeline(transaction=False)
+        for raw_id in raw_ids:
+            pipe.execute_command("XRANGE", stream, raw_id, raw_id)
+        exists = await pipe.execute()
+        gone = [raw_id for raw_id, rows in zip(raw_ids, exists, strict=True) if not rows]
+        if gone:
+            await self.ack_trimmed(stream, gone)
 
     async def ack_trimmed(self, stream: str, raw_ids: list[bytes]) -> None:
         """Ack pending entries whose content was deleted or trimmed from the stream."""
@@ -505,6 +526,8 @@ class Consumer:
                 )
                 if moved:
                     self.retried += 1
+                else:
+                    await self._count_deleted(msg.stream, [msg.raw_id])
         except (RedisError, OSError) as err:
             # The entry stays pending under this consumer: it is retried after the
             # visibility timeout (or when this consumer restarts) - never lost.
@@ -521,9 +544,18 @@ class Consumer:
             attempts=msg.attempt, error_type=error_type, error=error, handler=self.spec.name,
             raw_fields=msg.raw_fields, traceback=tb,
         )
-        result = await self.client.eval(
-            scripts.DEAD_LETTER, 2, msg.stream, dlq, self.group, msg.raw_id, *record
-        )
+        if len(record) <= scripts.MAX_SCRIPT_ARGS:
+            result = await self.client.eval(
+                scripts.DEAD_LETTER, 2, msg.stream, dlq, self.group, msg.raw_id, *record
+            )
+        else:
+            # Too wide for a script: MULTI/EXEC is atomic too, but cannot first check that
+            # the entry is still pending (a record may then exist for an entry another
+            # worker acked meanwhile: a duplicate, never a loss).
+            pipe = self.client.pipeline(transaction=True)
+            pipe.execute_command("XADD", dlq, "*", *record)
+            pipe.execute_command("XACK", msg.stream, self.group, msg.raw_id)
+            result = (await pipe.execute())[0]
         if result:
             self.dead_lettered += 1
             self.log.error("dead_lettered", stream=msg.stream, message_id=msg.id,

@@ -145,11 +145,7 @@ class Reclaimer:
                     pipe.execute_command("XCLAIM", stream, c.group, c.name, need, raw_id)
                 replies = await pipe.execute()
                 claimed: list[Any] = [entry for reply in replies for entry in (reply or [])]
-                returned = {entry[0] for entry in claimed}
                 attempts = {raw_id: d + 1 for raw_id, _, d in chunk}
-                missing = [raw_id for raw_id, _, _ in chunk if raw_id not in returned]
-                if missing:
-                    await self._check_missing(stream, missing)
                 if claimed:
                     c.log.info("reclaimed", stream=stream, entries=len(claimed))
                 await c.dispatch_claimed(stream, claimed, attempts)
@@ -157,16 +153,6 @@ class Reclaimer:
             finally:
                 c._reserved -= n
         return got
-
-    async def _check_missing(self, stream: str, raw_ids: list[bytes]) -> None:
-        """Entries XCLAIM did not return: claimed by another worker, or deleted (Redis 7+)."""
-        pipe = self.c.client.pipeline(transaction=False)
-        for raw_id in raw_ids:
-            pipe.execute_command("XRANGE", stream, raw_id, raw_id)
-        exists = await pipe.execute()
-        gone = [raw_id for raw_id, rows in zip(raw_ids, exists, strict=True) if not rows]
-        if gone:
-            await self.c.ack_trimmed(stream, gone)
 
     # -- maintenance ----------------------------------------------------------------------
 

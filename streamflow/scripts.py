@@ -2,35 +2,46 @@
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_IF_OWNED", "DEAD_LETTER", "DELETE_IDLE_CONSUMER", "REPLAY"]
+__all__ = ["CLAIM_IF_OWNED", "DEAD_LETTER", "DELETE_IDLE_CONSUMER", "MAX_SCRIPT_ARGS", "REPLAY"]
 
 #: Move pending entries owned by ARGV[2] to consumer ARGV[3], resetting their idle time,
 #: without counting a delivery. Entries another consumer took over are left alone.
 #: KEYS[1] stream; ARGV[1] group, ARGV[2] owner, ARGV[3] new owner, ARGV[4..] ids.
-#: Returns the ids moved. Used to renew leases (owner == new owner) and to park a
+#: Returns the ids moved (an entry deleted from the stream is not: Redis 7 drops it from
+#: the PEL instead). Used to renew leases (owner == new owner) and to park a
 #: failed entry on the retry consumer until its backoff has elapsed.
 CLAIM_IF_OWNED = """
 local moved = {}
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if #p == 1 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[i], 'JUSTID')
-    moved[#moved + 1] = ARGV[i]
+    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[i], 'JUSTID')
+    if #c == 1 then
+      moved[#moved + 1] = ARGV[i]
+    end
   end
 end
 return moved
 """
 
-#: Ack an entry and add its dead-letter record in one step, only if it was still pending
-#: (so an entry is never both acked and lost, nor dead-lettered twice).
+#: Add an entry's dead-letter record and ack it in one step, only if it is still pending
+#: (so an entry is never both acked and lost, nor dead-lettered twice). The XADD comes
+#: first: if it fails (scripts do not roll back), nothing has been acked.
 #: KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] group, ARGV[2] id,
-#: ARGV[3..] field/value pairs of the record. Returns the record id, or false.
+#: ARGV[3..] field/value pairs of the record (at most MAX_SCRIPT_ARGS of them: Lua's
+#: unpack() limit). Returns the record id, or false.
 DEAD_LETTER = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 then
+  return false
 end
-return false
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return id
 """
+
+#: Most values a script may pass to one command with unpack() (Lua's C stack is 8000).
+MAX_SCRIPT_ARGS = 7000
 
 #: Delete consumer ARGV[2] of group ARGV[1] only if it has no pending entries and has
 #: been idle at least ARGV[3] ms (checked and deleted atomically, so no pending entry
@@ -52,11 +63,14 @@ return 0
 """
 
 #: Re-publish a dead-letter record to its original stream and delete it from the
-#: dead-letter stream, atomically. KEYS[1] dead-letter stream, KEYS[2] original stream;
-#: ARGV[1] record id, ARGV[2..] original field/value pairs. Returns the new id or false.
+#: dead-letter stream, atomically; the XADD comes first, so a failure loses nothing.
+#: KEYS[1] dead-letter stream, KEYS[2] original stream; ARGV[1] record id, ARGV[2..]
+#: original field/value pairs. Returns the new id or false (record not found).
 REPLAY = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return false
 end
-return false
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
 """

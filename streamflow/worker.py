@@ -22,6 +22,7 @@ from .config import Settings
 from .connection import Connection
 from .consumer import Consumer
 from .errors import ConfigError
+from .permissions import check_permissions
 
 if TYPE_CHECKING:
     from .app import App
@@ -82,21 +83,27 @@ class Worker:
         if not self.app.handlers:
             raise ConfigError("app", "no handlers registered (use @app.handler(...))")
         s = self.settings
-        app_conn = self.app._connection
-        if app_conn is not None and app_conn.url == s.redis_url:
-            conn, owned = app_conn, False  # share the app's (e.g. its embedded server)
-        else:
-            conn = Connection(
+
+        def new() -> Connection:
+            return Connection(
                 s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
                 connect_timeout=s.connect_timeout,
             )
-            owned = True
-            if app_conn is None:
-                self.app.use_connection(conn)  # app.publish from handlers goes through it
+
+        if self.app._connection is None:
+            # app.publish (from handlers too) must reach the server this worker reads;
+            # the app owns this connection and closes it in App.aclose().
+            self.app.use_connection(new())
+        if s.redis_url.lower().startswith("embedded://") and self.app.connection.url == s.redis_url:
+            # One embedded server for the app's publishing and all its workers.
+            conn, owned = self.app.connection, False
+        else:
+            conn, owned = new(), True
         self.connection = conn
         try:
             await conn.check()
             client = await conn.client()
+            await check_permissions(client, self.app.handlers, self.name)
             for hook in self.app.startup_hooks:
                 await hook()
             self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
@@ -109,8 +116,6 @@ class Worker:
                     await hook()
         finally:
             if owned:
-                if self.app._connection is conn:
-                    self.app._connection = None
                 await conn.aclose()
 
     async def _run(self, conn: Connection) -> None:
