@@ -12,6 +12,7 @@ from .errors import (
     StreamflowError,
 )
 from .message import Message
+from .permissions import PermissionDenied
 from .policies import Retention, Retry
 from .worker import Worker
 
@@ -23,6 +24,7 @@ __all__ = [
     "Message",
     "PayloadError",
     "PayloadTooLarge",
+    "PermissionDenied",
     "Reject",
     "Retention",
     "Retry",

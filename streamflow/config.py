@@ -35,7 +35,7 @@ def validate_name(kind: str, name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Process-wide worker settings. Each can be set by ``STREAMFLOW_<NAME>`` or an override."""
 
@@ -93,6 +93,17 @@ class Settings:
                 raise ConfigError(key, "unknown setting")
             values[key] = value
         return cls(**values)
+
+    def __repr__(self) -> str:
+        from .connection import redact_url
+
+        body = ", ".join(
+            f"{f.name}={redact_url(v) if isinstance(v, str) else v!r}"
+            if f.name == "redis_url" else f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        )
+        return f"Settings({body})"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""

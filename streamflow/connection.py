@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigError, ServerUnavailable
 
-__all__ = ["Connection", "redact_url"]
+__all__ = ["TLS_OPTIONS", "Connection", "redact_url"]
 
-_PASSWORD_RE = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# ``scheme://user:password@`` (user may be empty). The password runs to the last ``@``
+# before the path or whitespace, so a password holding a raw ``@`` is hidden whole.
+_PASSWORD_RE = re.compile(
+    r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]*)@", re.IGNORECASE
+)
+# ``?password=...`` / ``&password=...`` query options (redis-py accepts them too).
+_QUERY_PASSWORD_RE = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pass|ssl_password)=)(?P<pw>[^&#\s\"']*)", re.IGNORECASE
+)
+
+#: ``rediss://`` URL query options for TLS. ``ssl_check_hostname`` defaults to true.
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# Query options passed on to redis-py as they are.
+_PASSTHROUGH_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {"username", "password", "client_name"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def redact_url(text: str) -> str:
-    """Replace passwords in any ``scheme://user:password@host`` inside ``text`` with ``***``."""
-    return _PASSWORD_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Replace passwords in any ``scheme://user:password@host`` or ``?password=`` in ``text``.
+
+    The password becomes ``***``; the user name, host and everything else stay.
+    """
+    if "://" in text:
+        text = _PASSWORD_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    if "=" in text:
+        text = _QUERY_PASSWORD_RE.sub(lambda m: f"{m['key']}***", text)
+    return text
 
 
 def _raw(response: Any, **_: Any) -> Any:
@@ -36,6 +61,46 @@ class _Tls:
     certfile: str | None = None
     keyfile: str | None = None
     check_hostname: bool = True
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError("redis_url", f"{name}={value!r} is not true or false")
+
+
+def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
+    """Split TLS options out of ``url``'s query; check every other option is known."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(k for k in query if k not in _PASSTHROUGH_OPTIONS and k not in TLS_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            "redis_url", f"unknown URL option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (TLS options are {', '.join(TLS_OPTIONS)})",
+        )
+    given = [k for k in query if k.startswith("ssl_")]
+    if parts.scheme.lower() != "rediss":
+        if given:
+            raise ConfigError(
+                "redis_url", f"{', '.join(given)} only apply to TLS connections; use a rediss:// URL"
+            )
+        return parts, query, None
+    for name in _FILE_OPTIONS:
+        path = query.get(name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError("redis_url", f"{name}: no such file {path!r}")
+    if ("ssl_keyfile" in query) and ("ssl_certfile" not in query):
+        raise ConfigError("redis_url", "ssl_keyfile needs ssl_certfile (the client certificate)")
+    tls = _Tls(
+        ca_certs=query.pop("ssl_ca_certs", None) or None,
+        certfile=query.pop("ssl_certfile", None) or None,
+        keyfile=query.pop("ssl_keyfile", None) or None,
+        check_hostname=_parse_bool("ssl_check_hostname", query.pop("ssl_check_hostname", "true")),
+    )
+    return parts, query, tls
 
 
 class Connection:
@@ -57,6 +122,9 @@ class Connection:
         self._client: aioredis.Redis | None = None  # built on first use
         self._lock = anyio.Lock()  # one opener at a time
         self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.safe_url}>"
 
     @property
     def safe_url(self) -> str:
@@ -99,16 +167,8 @@ class Connection:
             "health_check_interval": 30,
             "retry_on_timeout": False,
         }
-        parts = urlsplit(url)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if parts.scheme == "rediss":
-            tls = _Tls(
-                ca_certs=query.pop("ssl_ca_certs", None),
-                certfile=query.pop("ssl_certfile", None),
-                keyfile=query.pop("ssl_keyfile", None),
-                check_hostname=query.pop("ssl_check_hostname", "true").lower()
-                not in {"0", "false", "no"},
-            )
+        parts, query, tls = _split_query(url)
+        if tls is not None:
             kwargs.update(
                 ssl_ca_certs=tls.ca_certs,
                 ssl_certfile=tls.certfile,
@@ -116,9 +176,7 @@ class Connection:
                 ssl_check_hostname=tls.check_hostname,
                 ssl_cert_reqs=ssl.CERT_REQUIRED,
             )
-            url = parts._replace(
-                query="&".join(f"{k}={v}" for k, v in query.items())
-            ).geturl()
+            url = parts._replace(query=urlencode(query)).geturl()
         try:
             client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
         except ValueError as exc:
@@ -142,6 +200,12 @@ class Connection:
             raise ServerUnavailable(f"Redis at {self.safe_url} answered PING with: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
             reason = redact_url(str(exc)) or type(exc).__name__
+            if _is_tls_error(exc):
+                raise ServerUnavailable(
+                    f"TLS handshake with Redis at {self.safe_url} failed: {reason} "
+                    "(check ssl_ca_certs names the CA that signed the server certificate and "
+                    "that the URL's host is in that certificate)"
+                ) from None
             raise ServerUnavailable(f"cannot reach Redis at {self.safe_url}: {reason}") from None
 
     async def aclose(self) -> None:
@@ -155,3 +219,15 @@ class Connection:
         if server is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(server.stop)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a TLS/certificate failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return True
+        if "[SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codec import decode_fields
+from .connection import redact_url
 
 __all__ = ["DeadLetter", "build_record", "parse_record"]
 
@@ -37,6 +38,8 @@ def build_record(
     traceback: str = "",
 ) -> list[Any]:
     """Flat field/value list for the dead-letter entry of one failed message."""
+    error = redact_url(error)
+    traceback = redact_url(traceback)
     out: list[Any] = [
         "dlq:stream", stream,
         "dlq:id", raw_id,

@@ -1,27 +1,94 @@
-"""structlog set-up: console output for humans, JSON for machines, secrets redacted."""
+"""structlog set-up: console output for humans, JSON for machines, secrets redacted.
+
+Passwords of Redis URLs (``redis://user:password@host``, ``redis://:password@host``,
+``?password=...``) are replaced by ``***`` everywhere a log line can carry them: in
+string values at any depth (dicts, lists, tuples), in exception text and tracebacks,
+and, as a last line of defence, in the rendered line itself. Records of the standard
+``logging`` module (redis-py, asyncio) get the same treatment. Payloads are never
+logged by streamflow itself.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
 from .connection import redact_url
 
-__all__ = ["configure_logging", "redact_secrets"]
+__all__ = ["RedactingFilter", "configure_logging", "redact_secrets", "redact_value"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_MAX_DEPTH = 20
+
+
+def redact_value(value: Any, _depth: int = 0) -> Any:
+    """``value`` with URL passwords hidden in every string inside it (dicts, lists, tuples, sets).
+
+    Exceptions are replaced by their redacted ``Type: message`` text; other objects are
+    returned unchanged (the rendered line is redacted again, see :func:`configure_logging`).
+    """
+    if isinstance(value, str):
+        return redact_url(value) if ("://" in value or "=" in value) else value
+    if _depth >= _MAX_DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {k: redact_value(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_value(v, _depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_value(v, _depth + 1) for v in value)
+    if isinstance(value, set | frozenset):
+        return {redact_value(v, _depth + 1) for v in value}
+    if isinstance(value, BaseException):
+        return redact_url(f"{type(value).__name__}: {value}")
+    return value
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: hide passwords of ``scheme://user:pw@host`` URLs in string values."""
+    """structlog processor: hide passwords of Redis URLs in every value of the event.
+
+    ``exc_info`` is left for the traceback formatter that runs before this processor in
+    :func:`configure_logging`; the formatted ``exception`` is redacted like any value.
+    """
     for key, value in event.items():
-        if isinstance(value, str) and "@" in value and "://" in value:
-            event[key] = redact_url(value)
+        if key == "exc_info":
+            continue
+        event[key] = redact_value(value)
     return event
+
+
+def _redacting(renderer: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a structlog renderer so that its output line is redacted as a whole."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        out = renderer(logger, name, event)
+        if isinstance(out, str):
+            return redact_url(out)
+        if isinstance(out, bytes):
+            return redact_url(out.decode("utf-8", "replace")).encode()
+        return out
+
+    return render
+
+
+class RedactingFilter(logging.Filter):
+    """stdlib logging filter: hide URL passwords in the message and exception of a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave the record as it is
+            return True
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = redact_url(message), None
+        if record.exc_text:
+            record.exc_text = redact_url(record.exc_text)
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -36,18 +103,23 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
     ]
     renderer: Any
     if fmt == "json":
-        shared += [structlog.processors.dict_tracebacks]
+        # Tracebacks become data first, so that the redaction below sees their text.
+        shared += [structlog.processors.dict_tracebacks, redact_secrets]
         renderer = structlog.processors.JSONRenderer()
     else:
+        # The console renderer formats tracebacks itself: the wrapper redacts them.
+        shared += [redact_secrets]
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, _redacting(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=_LEVELS[level.lower()], stream=sys.stderr, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -1,0 +1,1 @@
+"""Benchmarks for streamflow: throughput, latency, memory and scaling (see README.md)."""

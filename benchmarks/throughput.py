@@ -1,0 +1,257 @@
+"""Throughput: consume + ack N preloaded messages; streamflow vs the raw loop vs the peers.
+
+Scenarios (the handler's work per message):
+
+* ``noop``: nothing;
+* ``sleep``: ``await anyio.sleep(0.001)`` (streamflow concurrency 1000; raw loop gathers per batch);
+* ``json``: decode the JSON payload and sum a 20-element list from it.
+
+Implementations: ``streamflow`` (per-message handler, in-process ``Worker``),
+``raw-1`` / ``raw-4`` / ``raw-4-nocb`` (see raw_loop.py), and when installed
+``faststream`` / ``faststream-batch`` / ``taskiq`` (see peers.py; capped at
+``--peer-messages``, they run at a few thousand msg/s).
+
+Every run: preload the stream (not timed), start a fresh process that consumes until
+its handler ran N times and the group shows pending 0 and lag 0 (timed: ``seconds`` is
+from before the consumer connects until then), then the parent verifies the group
+again; a run that does not verify is ``valid: false`` and left out of the medians.
+
+    python benchmarks/throughput.py [--messages 200000] [--runs 3] [--scenarios noop,sleep,json]
+        [--impls streamflow,raw-1,raw-4,...] [--peer-messages 20000] [--uvloop] [--json-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: import from the repo root, not benchmarks/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import anyio
+
+from benchmarks.common import (
+    GROUP,
+    SCENARIOS,
+    cpu_work,
+    delete_keys,
+    emit,
+    load1,
+    machine_info,
+    make_parser,
+    median,
+    preload,
+    print_table,
+    progress,
+    redis_server,
+    run_child,
+    verify_group,
+    wait_group_done,
+)
+from benchmarks.peers import PEERS, peer_impls
+from benchmarks.raw_loop import VARIANTS, Counter, raw_impl
+
+DEFAULT_IMPLS = ("streamflow", *VARIANTS, *PEERS)
+
+
+# --------------------------------------------------------------------------- streamflow
+
+
+async def consume_streamflow(params: dict[str, Any]) -> dict[str, Any]:
+    """Child process: consume ``n`` preloaded entries with a streamflow Worker (in-process)."""
+    from streamflow import App, Message, Worker
+
+    url, stream, group, n = params["url"], params["stream"], params.get("group", GROUP), params["n"]
+    scenario = params["scenario"]
+    counter = Counter(n)
+    hit = counter.hit
+    app = App(redis_url=url)
+
+    if scenario == "noop":
+        async def handler(msg: Message) -> None:
+            hit()
+    elif scenario == "json":
+        async def handler(msg: Message) -> None:
+            cpu_work(msg.payload)
+            hit()
+    elif scenario == "sleep":
+        async def handler(msg: Message) -> None:
+            await anyio.sleep(0.001)
+            hit()
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+
+    app.handler(stream, group=group, concurrency=int(params["concurrency"]), start_id="0")(handler)
+    settings = app.settings(redis_url=url, **params.get("settings", {}))
+    worker = Worker(app, settings, handle_signals=False)
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.serve)
+        await counter.done.wait()
+        t_handled = time.perf_counter()
+        acked = await wait_group_done(url, stream, group)
+        t_acked = time.perf_counter()
+        worker.stop()
+    consumer = worker.consumers[0]
+    return {"handled": counter.count, "seconds": t_acked - t0, "handled_seconds": t_handled - t0,
+            "acked": acked, "reads": getattr(consumer, "reads", None),
+            "high_water": consumer.high_water,
+            "ack_flushes": worker.acker.flushes if worker.acker is not None else None}
+
+
+def streamflow_impl(concurrency: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"impl": "streamflow", "target": "benchmarks.throughput:consume_streamflow",
+            "params": {"concurrency": concurrency, "settings": settings or {}}}
+
+
+# --------------------------------------------------------------------------- measuring
+
+_entry_cache: dict[tuple[str, int], Any] = {}
+
+
+def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, args: argparse.Namespace,
+            bench: str) -> dict[str, Any]:
+    """Preload, consume in a child process, verify; return the result line (also emitted)."""
+    name = impl["impl"]
+    stream = f"bench:{bench}:{name}:{scenario}:{run}"
+    entry = None
+    if impl.get("entries") is not None:
+        key = (name.split("-")[0], n)
+        if key not in _entry_cache:
+            _entry_cache[key] = impl["entries"](n)
+        entry = _entry_cache[key]
+    preload_s = preload(url, stream, n, entry=entry)
+    params = {**impl["params"], "url": url, "stream": stream, "group": GROUP, "n": n,
+              "scenario": scenario, "uvloop": bool(args.uvloop)}
+    res = run_child(impl["target"], params, timeout=90 + n / 1000)
+    check = verify_group(url, stream, GROUP, n)
+    delete_keys(url, stream)
+    valid = bool("error" not in res and res.get("acked") and res.get("handled") == n and check["valid"])
+    seconds = res.get("seconds")
+    line: dict[str, Any] = {
+        "bench": bench, "scenario": scenario, "impl": name, "msgs": n, "run": run,
+        "seconds": round(seconds, 4) if seconds else None,
+        "rate": round(n / seconds) if seconds else None, "valid": valid,
+        "pending": check.get("pending"), "lag": check.get("lag"),
+        "loop": "uvloop" if args.uvloop else "asyncio", "preload_rate": round(n / preload_s),
+        "load1": load1(),
+    }
+    for k in ("handled_seconds", "reads", "high_water", "ack_flushes"):
+        if res.get(k) is not None:
+            line[k] = round(res[k], 4) if isinstance(res[k], float) else res[k]
+    if "concurrency" in impl["params"]:
+        line["concurrency"] = impl["params"]["concurrency"]
+    if not valid:
+        line["why"] = res.get("error") or check.get("why") or f"handled={res.get('handled')}"
+        if res.get("log"):
+            progress(f"--- {name}/{scenario} child output ---\n{res['log']}")
+    emit(line)
+    return line
+
+
+def measure_all(url: str, impls: list[dict[str, Any]], scenarios: list[str], args: argparse.Namespace,
+                bench: str = "throughput") -> list[dict[str, Any]]:
+    """Every scenario x implementation x run (runs interleaved); summaries, ratios and the table."""
+    results: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        for run in range(1, args.runs + 1):
+            for impl in impls:
+                n = args.messages
+                if impl.get("peer"):
+                    n = min(n, args.peer_messages)
+                progress(f"[{bench}] {scenario} {impl['impl']} run {run}/{args.runs} ({n:,} msgs)")
+                results.append(measure(url, impl, scenario, n, run, args, bench))
+
+    summaries: dict[tuple[str, str], dict[str, Any]] = {}
+    for scenario in scenarios:
+        for impl in impls:
+            rows = [r for r in results if r["scenario"] == scenario and r["impl"] == impl["impl"]]
+            rates = [r["rate"] for r in rows if r["valid"]]
+            s = {"bench": bench, "summary": True, "scenario": scenario, "impl": impl["impl"],
+                 "msgs": rows[0]["msgs"] if rows else None, "runs": len(rows), "valid_runs": len(rates),
+                 "rate_median": median(rates), "rate_min": min(rates, default=None),
+                 "rate_max": max(rates, default=None)}
+            summaries[(scenario, impl["impl"])] = s
+            emit(s)
+    ratios: dict[tuple[str, str], float] = {}
+    for scenario in scenarios:
+        sf = summaries.get((scenario, "streamflow"))
+        if not sf or not sf["rate_median"]:
+            continue
+        for impl in impls:
+            other = summaries[(scenario, impl["impl"])]
+            if impl["impl"] == "streamflow" or not other["rate_median"]:
+                continue
+            value = sf["rate_median"] / other["rate_median"]
+            ratios[(scenario, impl["impl"])] = value
+            emit({"bench": bench, "scenario": scenario, "ratio": f"streamflow/{impl['impl']}",
+                  "value": round(value, 3)})
+
+    rows_out = []
+    for scenario in scenarios:
+        for impl in impls:
+            s = summaries[(scenario, impl["impl"])]
+            ratio = ratios.get((scenario, impl["impl"]))
+            rows_out.append([scenario, impl["impl"], s["msgs"], f"{s['valid_runs']}/{s['runs']}",
+                             s["rate_median"], s["rate_min"], s["rate_max"],
+                             f"{ratio:.2f}x" if ratio else ""])
+    print_table(f"{bench}: msg/s consumed + acked (median of valid runs; "
+                f"{'uvloop' if args.uvloop else 'asyncio'} loop)",
+                ["scenario", "impl", "msgs", "valid", "median", "min", "max", "streamflow/impl"],
+                rows_out, args.json_only)
+    return results
+
+
+def main() -> int:
+    p = make_parser(__doc__.splitlines()[0], messages=200_000, runs=3)
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: noop,sleep,json")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help="comma-separated (default: all; peers only when installed)")
+    p.add_argument("--peer-messages", type=int, default=20_000, help="message cap for peers (default 20000)")
+    p.add_argument("--concurrency", type=int, default=1000,
+                   help="streamflow handler concurrency in every scenario (default 1000)")
+    p.add_argument("--no-peers", action="store_true", help="skip FastStream and taskiq")
+    p.add_argument("--peers-quiet", action="store_true",
+                   help="FastStream without its per-message INFO logging (logger=None)")
+    args = p.parse_args()
+
+    wanted = [i for i in args.impls.split(",") if i]
+    if args.no_peers:
+        wanted = [i for i in wanted if i not in PEERS]
+    unknown = [i for i in wanted if i not in DEFAULT_IMPLS]
+    if unknown:
+        p.error(f"unknown implementation(s) {unknown}; choose from {', '.join(DEFAULT_IMPLS)}")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenario(s) {bad}")
+
+    peers, skipped = peer_impls([i for i in wanted if i in PEERS])
+    if args.peers_quiet:
+        for peer in peers:
+            if peer["impl"].startswith("faststream"):
+                peer["params"]["quiet"] = True
+    by_name: dict[str, dict[str, Any]] = {i["impl"]: i for i in peers}
+    impls: list[dict[str, Any]] = []
+    for name in wanted:
+        if name == "streamflow":
+            impls.append(streamflow_impl(args.concurrency))
+        elif name in VARIANTS:
+            impls.append(raw_impl(name))
+        elif name in by_name:
+            impls.append(by_name[name])
+
+    with redis_server(args.redis_url) as url:
+        emit(machine_info(url))
+        for name, why in skipped.items():
+            emit({"bench": "throughput", "impl": name, "skipped": why})
+            progress(f"skipping {name}: {why}")
+        measure_all(url, impls, scenarios, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

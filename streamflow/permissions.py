@@ -1,0 +1,239 @@
+"""Least-privilege Redis ACLs: the commands each role needs, and a start-up permission check.
+
+A worker needs exactly the commands in :data:`WORKER_COMMANDS` (plus
+:data:`RETENTION_COMMANDS` when a handler has a ``retention=`` policy) on its streams
+and their dead-letter streams; a producer needs :data:`PRODUCER_COMMANDS`; the
+``streamflow info`` / ``dlq`` commands need :data:`ADMIN_COMMANDS`. See
+``docs/security.md`` for ready-made ``ACL SETUSER`` lines.
+
+:func:`check_permissions` runs when a worker starts: it probes every command the worker
+will use, against the worker's real keys, in one pipelined round trip. Redis checks
+ACLs before it executes a command, so each probe is written so that it *fails
+harmlessly* when permitted (an invalid id or argument, or a read) and fails with
+``NOPERM`` when not. A missing permission therefore stops the worker at start-up
+with one line naming the command and the key, instead of failing later on the first
+retry or dead letter. ``ACL DRYRUN`` is not used: it needs admin rights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import redact_url
+from .errors import ServerUnavailable
+
+if TYPE_CHECKING:
+    from .app import HandlerSpec
+
+__all__ = [
+    "ADMIN_COMMANDS",
+    "PRODUCER_COMMANDS",
+    "RETENTION_COMMANDS",
+    "WORKER_COMMANDS",
+    "PermissionDenied",
+    "Probe",
+    "acl_rules",
+    "check_permissions",
+    "worker_keys",
+    "worker_probes",
+]
+
+#: Commands a worker sends (directly or inside its Lua scripts, which run under the same
+#: ACL user). ``xgroup|delconsumer`` is used by the script that prunes idle consumers.
+WORKER_COMMANDS: tuple[str, ...] = (
+    "ping",  # start-up check and connection health checks
+    "xgroup|create",  # create the consumer group (MKSTREAM) at start and after NOGROUP
+    "xreadgroup",  # read new entries
+    "xack",  # acknowledge handled entries
+    "xpending",  # own pending entries at start, retry and dead-consumer scans
+    "xclaim",  # take over entries (own PEL, due retries, dead consumers; leases)
+    "xrange",  # check whether unclaimable pending entries were deleted
+    "xinfo|consumers",  # find idle consumers to prune
+    "xgroup|delconsumer",  # prune an idle consumer without pending entries (Lua)
+    "xadd",  # write dead-letter records (Lua, on the dead-letter stream)
+    "eval",  # the Lua scripts (retry parking, lease renewal, dead-lettering, pruning)
+    "multi", "exec",  # dead-lettering an entry too wide for a script (MULTI XADD XACK EXEC)
+)
+
+#: Extra commands a worker needs when a handler has a ``retention=`` policy.
+RETENTION_COMMANDS: tuple[str, ...] = ("xtrim", "xlen", "xinfo|groups")
+
+#: Commands ``App.publish`` / ``publish_fields`` / ``publish_many`` send.
+PRODUCER_COMMANDS: tuple[str, ...] = ("ping", "xadd")
+
+#: Commands ``streamflow info`` and ``streamflow dlq list|replay`` send.
+ADMIN_COMMANDS: tuple[str, ...] = (
+    "ping", "time", "info", "type", "scan",
+    "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xpending", "xlen",
+    "xrange", "xrevrange",
+    "eval", "xdel", "xadd",  # dlq replay: XDEL + XADD in one script
+)
+
+
+def acl_rules(commands: Iterable[str], keys: Iterable[str]) -> list[str]:
+    """``ACL SETUSER`` rules granting exactly ``commands`` on exactly ``keys``.
+
+    Starts from nothing (``-@all``, no keys, no channels) so the user has no other
+    right. Key names are literal patterns: streamflow names never contain the glob
+    characters ``* ? [ ]`` (see :func:`streamflow.config.validate_name`).
+    """
+    rules = ["resetkeys", "resetchannels", "-@all"]
+    rules += [f"+{c}" for c in dict.fromkeys(commands)]
+    rules += [f"~{k}" for k in dict.fromkeys(keys)]
+    return rules
+
+
+def worker_keys(handlers: Iterable[HandlerSpec]) -> list[str]:
+    """Every key a worker of ``handlers`` touches: each stream and its dead-letter stream."""
+    keys: dict[str, None] = {}
+    for spec in handlers:
+        for stream in spec.streams:
+            keys[stream] = None
+            keys[spec.dead_letter_stream(stream)] = None
+    return list(keys)
+
+
+class PermissionDenied(ServerUnavailable):
+    """The Redis user lacks a permission the worker needs (checked at start-up).
+
+    ``denied`` lists ``(command, key)`` pairs, e.g. ``("XCLAIM", "orders")``.
+    """
+
+    def __init__(self, message: str, denied: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.denied = list(denied)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One harmless command that fails with NOPERM exactly when ``command`` on ``key`` is denied."""
+
+    command: str  # as shown to the user, e.g. "XGROUP CREATE"
+    key: str  # the key the permission is about ("" for keyless commands)
+    args: tuple[Any, ...]  # the command actually sent
+
+
+#: Asks the server whether the commands without a harmless form would be allowed:
+#: XGROUP DELCONSUMER (it deletes), MULTI and EXEC (they would open a transaction on
+#: the probing connection). Returns the labels of those denied. ``redis.acl_check_cmd``
+#: exists since Redis 7.0; older servers skip these checks.
+#: KEYS[1] stream, KEYS[2] dead-letter stream (as the dead-letter script declares them);
+#: ARGV[1] group, ARGV[2] consumer.
+_PROBE_SCRIPT = """
+local denied = {}
+if redis.acl_check_cmd == nil then return denied end
+local function check(label, ...)
+  local ok, allowed = pcall(redis.acl_check_cmd, ...)
+  if ok and not allowed then denied[#denied + 1] = label end
+end
+check('XGROUP DELCONSUMER', 'XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+check('MULTI', 'MULTI')
+check('EXEC', 'EXEC')
+return denied
+"""
+
+_BAD_ID = "streamflow-permission-probe"  # not a stream id: commands stop before acting
+
+
+def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str) -> list[Probe]:
+    """The probes :func:`check_permissions` sends for a worker of ``handlers``.
+
+    Each one is rejected before it changes anything: XGROUP CREATE, XREADGROUP and
+    XACK get an invalid id, XCLAIM an invalid idle time, XADD the id ``0-0`` (refused
+    before the key is created), XTRIM a negative MAXLEN; XPENDING, XRANGE, XINFO and
+    XLEN only read. The script probe asks about XGROUP DELCONSUMER, MULTI and EXEC
+    without running them.
+    """
+    probes: list[Probe] = [Probe("PING", "", ("PING",))]
+    seen: set[tuple[str, str]] = set()
+    for spec in handlers:
+        group = spec.group
+        for stream in spec.streams:
+            if (stream, group) in seen:
+                continue
+            seen.add((stream, group))
+            dlq = spec.dead_letter_stream(stream)
+            probes += [
+                Probe("XGROUP CREATE", stream,
+                      ("XGROUP", "CREATE", stream, group, _BAD_ID, "MKSTREAM")),
+                Probe("XREADGROUP", stream, ("XREADGROUP", "GROUP", group, consumer_name,
+                                             "COUNT", 1, "STREAMS", stream, _BAD_ID)),
+                Probe("XACK", stream, ("XACK", stream, group, _BAD_ID)),
+                Probe("XPENDING", stream, ("XPENDING", stream, group, "-", "+", 1, consumer_name)),
+                Probe("XCLAIM", stream, ("XCLAIM", stream, group, consumer_name, _BAD_ID, "0-1")),
+                Probe("XRANGE", stream, ("XRANGE", stream, "+", "-", "COUNT", 1)),
+                Probe("XINFO CONSUMERS", stream, ("XINFO", "CONSUMERS", stream, group)),
+                Probe("XADD", dlq, ("XADD", dlq, "0-0", "probe", "")),
+                Probe("EVAL", f"{stream}, {dlq}",
+                      ("EVAL", _PROBE_SCRIPT, 2, stream, dlq, group, consumer_name)),
+            ]
+            if spec.retention is not None:
+                probes += [
+                    Probe("XTRIM", stream, ("XTRIM", stream, "MAXLEN", -1)),
+                    Probe("XLEN", stream, ("XLEN", stream)),
+                    Probe("XINFO GROUPS", stream, ("XINFO", "GROUPS", stream)),
+                ]
+    return probes
+
+
+def _denied_reason(probe: Probe, reply: Any) -> str | None:
+    """Why ``reply`` shows ``probe`` is not allowed, or None when it is allowed."""
+    if isinstance(reply, NoPermissionError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith("NOPERM")
+    ):
+        text = str(reply).lower()
+        if "access" in text and "key" in text:
+            return "key not allowed"
+        return "command not allowed"
+    if isinstance(reply, ResponseError) and "unknown command" in str(reply).lower():
+        return "command disabled or renamed on the server"
+    return None
+
+
+async def check_permissions(
+    client: Any, handlers: Sequence[HandlerSpec], consumer_name: str
+) -> None:
+    """Raise :class:`PermissionDenied` unless the Redis user may run everything a worker needs.
+
+    One pipelined round trip of harmless probes (see :func:`worker_probes`); on a
+    server without ACLs, or with the default user, every probe passes. The error is one
+    line naming each missing ``COMMAND on 'key'`` and the user.
+    """
+    probes = worker_probes(handlers, consumer_name)
+    pipe = client.pipeline(transaction=False)
+    for probe in probes:
+        pipe.execute_command(*probe.args)
+    try:
+        replies = await pipe.execute(raise_on_error=False)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        text = redact_url(str(exc)) or type(exc).__name__
+        raise ServerUnavailable(f"lost Redis while checking permissions: {text}") from None
+    missing: list[tuple[str, str, str]] = []
+    for probe, reply in zip(probes, replies, strict=True):
+        reason = _denied_reason(probe, reply)
+        if reason is not None:
+            missing.append((probe.command, probe.key, reason))
+        elif probe.command == "EVAL" and isinstance(reply, list):
+            for label in reply:
+                command = label.decode() if isinstance(label, bytes) else str(label)
+                key = probe.key.split(", ")[0] if command.startswith("XGROUP") else ""
+                missing.append((command, key, "command not allowed"))
+    if not missing:
+        return
+    missing = list(dict.fromkeys(missing))
+    user = client.connection_pool.connection_kwargs.get("username") or "default"
+    parts = [
+        f"{command} on {key!r} ({reason})" if key else f"{command} ({reason})"
+        for command, key, reason in missing
+    ]
+    raise PermissionDenied(
+        f"the Redis user {user!r} lacks permissions this worker needs: {'; '.join(parts)} "
+        "(see docs/security.md for the ACL rules of a worker)",
+        [(command, key) for command, key, _ in missing],
+    )
