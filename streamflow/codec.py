@@ -22,10 +22,8 @@ __all__ = [
     "JSON_FIELD",
     "pack_command",
     "decode_fields",
-    "decode_json_payload",
     "encode_fields",
     "encode_json",
-    "is_json_entry",
 ]
 
 #: The field holding a JSON payload written by ``App.publish``.
@@ -81,21 +79,6 @@ def decode_fields(raw: list[bytes] | None) -> dict[str, str]:
     return {
         k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in zip(it, it, strict=True)
     }
-
-
-def is_json_entry(raw: list[bytes] | None) -> bool:
-    """True when the entry has exactly the layout written by ``App.publish``."""
-    return raw is not None and len(raw) == 2 and raw[0] == _JSON_FIELD_B
-
-
-def decode_json_payload(data: bytes, max_bytes: int) -> Any:
-    """Decode a JSON payload; raise :class:`PayloadError` when it is too large or invalid."""
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"payload is {len(data)} bytes, more than max_payload_bytes={max_bytes}")
-    try:
-        return _loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"invalid JSON payload: {exc}") from exc
 
 
 def _arg(value: Any) -> bytes:

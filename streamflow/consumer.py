@@ -415,7 +415,7 @@ class Consumer:
         acker = self.acker
         notify = acker.notify
         buckets = {stream: acker.bucket(stream, self.group) for stream in self.streams}
-        monotonic = time.monotonic
+        ack_max = acker.max_batch
         concurrency = self.concurrency
         task = asyncio.current_task()
         state = _SlotState(task)
@@ -443,7 +443,6 @@ class Consumer:
                 if self._busy > self.high_water:
                     self.high_water = self._busy
                 state.msg = msg
-                state.started = state.leased = monotonic()
                 failure: BaseException | None = None
                 try:
                     await func(msg)
@@ -467,7 +466,9 @@ class Consumer:
                     self.handled += 1
                     bucket = buckets[msg.stream]
                     bucket.append(msg._id)
-                    notify(len(bucket))
+                    n = len(bucket)
+                    if n == 1 or n >= ack_max:
+                        notify(n)
                     self._busy -= 1
                 else:
                     try:
@@ -481,15 +482,32 @@ class Consumer:
             self._slot_states.discard(state)
             self._slots -= 1
 
+    def _observe(self, now: float) -> None:
+        """Note the start time of handlers that began since the last look.
+
+        Slots do not read the clock per message; start times are those first seen by
+        the watchdog or the lease loop, so they are late by at most one watchdog tick.
+        """
+        for state in self._slot_states:
+            msg = state.msg
+            if msg is not state.seen:
+                state.seen = msg
+                state.started = state.leased = now
+
     async def _watchdog(self) -> None:
-        """Cancel handlers that run longer than the handler timeout (checked every tick)."""
+        """Cancel handlers that run longer than the handler timeout.
+
+        Checked every ``min(1 s, timeout / 10)``: a handler is cancelled between
+        ``timeout`` and ``timeout`` plus two ticks after it started.
+        """
         timeout = self.spec.timeout
-        if timeout is None:
-            return
-        tick = min(1.0, timeout / 10)
+        tick = min(1.0, timeout / 10) if timeout is not None else 1.0
         while True:
             await anyio.sleep(tick)
             now = time.monotonic()
+            self._observe(now)
+            if timeout is None:
+                continue
             for state in list(self._slot_states):
                 overdue = state.msg is not None and now - state.started >= timeout
                 if overdue and not state.timed_out and state.task is not None:
@@ -573,6 +591,7 @@ class Consumer:
         while True:
             await anyio.sleep(every)
             now = time.monotonic()
+            self._observe(now)
             due: dict[str, list[_SlotState]] = {}
             for state in list(self._slot_states):
                 msg = state.msg
@@ -605,12 +624,13 @@ class HandlerTimeout(Exception):
 class _SlotState:
     """What one handler slot is doing (read by the lease loop, watchdog and reclaimer)."""
 
-    __slots__ = ("leased", "msg", "started", "task", "timed_out")
+    __slots__ = ("leased", "msg", "seen", "started", "task", "timed_out")
 
     def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.task = task  # the slot's task (cancelled by the watchdog on timeout)
         self.msg: Message | None = None  # entry being handled, None when idle
-        self.started = 0.0  # monotonic time the handler started
+        self.seen: Message | None = None  # msg when the watchdog/lease loop last looked
+        self.started = 0.0  # monotonic time the handler was first seen running
         self.leased = 0.0  # monotonic time of the last lease renewal (or start)
         self.timed_out = False  # set by the watchdog just before it cancels the task
 

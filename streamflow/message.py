@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from json import loads as _loads
 from typing import Any
 
-from .codec import decode_fields, decode_json_payload, is_json_entry
-from .errors import PayloadTooLarge
+from .codec import JSON_FIELD, decode_fields
+from .errors import PayloadError, PayloadTooLarge
 
 __all__ = ["Message"]
 
 _UNSET: Any = object()
+_JSON_FIELD = JSON_FIELD.encode()
 
 
 class Message:
@@ -73,13 +75,23 @@ class Message:
     @property
     def payload(self) -> Any:
         """The decoded JSON for entries written by ``App.publish``, else the field map."""
-        if self._payload is _UNSET:
+        payload = self._payload
+        if payload is _UNSET:
             raw = self._raw
-            if raw is not None and is_json_entry(raw):
-                self._payload = decode_json_payload(raw[1], self.max_bytes)
+            if raw is not None and len(raw) == 2 and raw[0] == _JSON_FIELD:
+                data = raw[1]
+                if len(data) > self.max_bytes:
+                    raise PayloadTooLarge(
+                        f"payload is {len(data)} bytes, more than max_payload_bytes={self.max_bytes}"
+                    )
+                try:
+                    payload = _loads(data)
+                except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                    raise PayloadError(f"invalid JSON payload: {exc}") from exc
             else:
-                self._payload = self.fields
-        return self._payload
+                payload = self.fields
+            self._payload = payload
+        return payload
 
     def __repr__(self) -> str:
         return (
