@@ -24,6 +24,7 @@ __all__ = [
     "decode_fields",
     "encode_fields",
     "encode_json",
+    "loads",
 ]
 
 #: The field holding a JSON payload written by ``App.publish``.
@@ -31,7 +32,22 @@ JSON_FIELD = "sf:json"
 _JSON_FIELD_B = JSON_FIELD.encode()
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_loads = json.loads
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def loads(data: bytes) -> Any:
+    """Decode UTF-8 JSON text; the same result as ``json.loads`` with less overhead.
+
+    Raises ``ValueError`` (``JSONDecodeError`` or ``UnicodeDecodeError``) when invalid.
+    """
+    text = data.decode()
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # leading whitespace, or a real error with its message
+    if end != len(text):
+        return json.loads(text)  # trailing whitespace is fine, anything else raises
+    return value
 
 
 def encode_json(payload: Any, max_bytes: int) -> bytes:
@@ -94,7 +110,8 @@ def _arg(value: Any) -> bytes:
 def pack_command(args: list[Any] | tuple[Any, ...]) -> bytes:
     """Encode one command in RESP (what redis-py does, without its per-argument overhead)."""
     parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
     for value in args:
-        data = _arg(value)
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        data = value if type(value) is bytes else _arg(value)
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)

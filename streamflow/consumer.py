@@ -478,6 +478,9 @@ class Consumer:
                 needed = self._space_needed
                 if needed and concurrency - self._busy - len(queue) - self._reserved >= needed:
                     self._space.set()
+                    # Let the reader send its next read now, so that it travels while
+                    # this slot works through the rest of the queue.
+                    await asyncio.sleep(0)
         finally:
             self._slot_states.discard(state)
             self._slots -= 1

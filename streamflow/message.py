@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from json import loads as _loads
 from typing import Any
 
 from .codec import JSON_FIELD, decode_fields
+from .codec import loads as _loads
 from .errors import PayloadError, PayloadTooLarge
 
 __all__ = ["Message"]
