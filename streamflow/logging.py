@@ -119,7 +119,26 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=_LEVELS[level.lower()], stream=sys.stderr, format="%(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    # Records of the stdlib `logging` module (asyncio, redis-py, user code) go through the
+    # same processors and renderer, so JSON output stays one JSON object per line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redacting(renderer),
+            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_streamflow", False):
+            root.removeHandler(old)
+    handler._streamflow = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    for other in root.handlers:  # handlers others installed (e.g. a test's capture) too
+        if not any(isinstance(f, RedactingFilter) for f in other.filters):
+            other.addFilter(RedactingFilter())
+    root.setLevel(max(_LEVELS[level.lower()], logging.INFO))
