@@ -87,8 +87,10 @@ class Consumer:
         self._busy = 0  # slots running a handler right now
         self._reserved = 0  # slots promised to reads/claims that are still in progress
         self._slot_states: set[_SlotState] = set()  # one per live slot coroutine
+        self._suspects: set[bytes] = set()  # crash suspects claimed and not finished
         self._space = asyncio.Event()  # set when enough slots freed while a reader waits
-        self._space_needed = 0  # free slots a waiting reader wants (0: nobody waits)
+        self._space_needed = 0  # fewest free slots a waiting task wants (0: nobody waits)
+        self._space_waiters: list[int] = []  # what each waiting task wants
         self._closing = False  # no new work: idle slots exit once the queue is empty
         self._work_tg: anyio.abc.TaskGroup | None = None  # owns the slot coroutines
         self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
@@ -160,30 +162,57 @@ class Consumer:
     # -- groups ---------------------------------------------------------------------------
 
     async def ensure_groups(self, start_ids: dict[str, bytes | str] | None = None) -> None:
-        """Create the group on every stream (MKSTREAM); an existing group is left as it is."""
+        """Create the group on every stream (MKSTREAM); an existing group is left as it is.
+
+        A server out of memory refuses XGROUP CREATE even for a group that exists; then
+        the group is looked up instead, and creation is retried with backoff (logged)
+        while it does not exist yet, rather than exiting into a crash loop.
+        """
         for stream in self.streams:
             start = (start_ids or {}).get(stream, self.spec.start_id)
-            try:
-                await self.client.execute_command(
-                    "XGROUP", "CREATE", stream, self.group, start, "MKSTREAM"
-                )
-                if start_ids:
-                    self.log.warning("group_recreated", stream=stream, start_id=_s(start))
-                else:
-                    self.log.info("group_created", stream=stream, start_id=_s(start))
-            except ResponseError as exc:
-                text = str(exc)
-                if "BUSYGROUP" in text:
-                    continue
-                if "WRONGTYPE" in text:
-                    raise ConfigError(
-                        "stream name", f"key {stream!r} exists and is not a stream"
-                    ) from None
-                if "NOPERM" in text:
-                    raise ServerUnavailable(
-                        f"the Redis user may not create group {self.group!r} on {stream!r}: {text}"
-                    ) from None
-                raise
+            delay = 0.5
+            while not await self._create_group(stream, start, recreated=bool(start_ids)):
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _group_exists(self, stream: str) -> bool:
+        try:
+            groups = await self.client.execute_command("XINFO", "GROUPS", stream)
+        except ResponseError:
+            return False
+        names = {dict(zip(g[::2], g[1::2], strict=True)).get(b"name") for g in groups or []}
+        return self.group.encode() in names
+
+    async def _create_group(self, stream: str, start: bytes | str, *, recreated: bool) -> bool:
+        """One attempt; True when the group exists afterwards."""
+        try:
+            await self.client.execute_command(
+                "XGROUP", "CREATE", stream, self.group, start, "MKSTREAM"
+            )
+            if recreated:
+                self.log.warning("group_recreated", stream=stream, start_id=_s(start))
+            else:
+                self.log.info("group_created", stream=stream, start_id=_s(start))
+            return True
+        except ResponseError as exc:
+            text = str(exc)
+            if "BUSYGROUP" in text:
+                return True
+            if text.startswith("OOM"):
+                if await self._group_exists(stream):
+                    return True
+                self.log.error("group_create_refused", stream=stream, error=text,
+                               hint="the server is out of memory; retrying")
+                return False
+            if "WRONGTYPE" in text:
+                raise ConfigError(
+                    "stream name", f"key {stream!r} exists and is not a stream"
+                ) from None
+            if "NOPERM" in text:
+                raise ServerUnavailable(
+                    f"the Redis user may not create group {self.group!r} on {stream!r}: {text}"
+                ) from None
+            raise
 
     async def _recreate_groups(self) -> None:
         """After NOGROUP (server flushed or restarted empty, group or stream deleted)."""
@@ -202,8 +231,9 @@ class Consumer:
         """Wait until ``least`` slots are free (or all are), then promise up to ``most``.
 
         Returns how many were promised (0 once the consumer is stopping); the caller gives
-        them back by decrementing ``_reserved`` once the entries are queued (or the read
-        failed).
+        them back with :meth:`release` once the entries are queued (or the read failed).
+        Several tasks may wait at once (read loops, the reclaimer): each wake-up wakes
+        them all, and each checks its own need again.
         """
         least = max(1, min(least, most, self.concurrency))
         while True:
@@ -215,11 +245,26 @@ class Consumer:
                 self._reserved += n
                 return n
             self._space.clear()
-            self._space_needed = least
+            self._space_waiters.append(least)
+            self._space_needed = min(self._space_waiters)
             try:
                 await self._space.wait()
             finally:
-                self._space_needed = 0
+                self._space_waiters.remove(least)
+                self._space_needed = min(self._space_waiters, default=0)
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` promised slots (their entries are queued now, or never came)."""
+        self._reserved -= n
+        needed = self._space_needed
+        if needed and self.free_slots() >= needed:
+            self._space.set()
+
+    def holds(self, stream: str, raw_id: bytes) -> bool:
+        """True if the entry is queued or running in this consumer."""
+        return any(m.raw_id == raw_id and m.stream == stream for m in self._queue) or (
+            (stream, raw_id) in self.running_ids()
+        )
 
     def running_ids(self) -> set[tuple[str, bytes]]:
         """(stream, id) of every entry a handler of this process is running now."""
@@ -271,7 +316,7 @@ class Consumer:
                         self.reads += 1
                         self._submit_reply(reply)
                 finally:
-                    self._reserved -= count
+                    self.release(count)
         finally:
             await reader.aclose()
 
@@ -323,7 +368,7 @@ class Consumer:
                         )
                         await self.dispatch_claimed(stream, claimed, attempts)
                     finally:
-                        self._reserved -= n
+                        self.release(n)
                 if len(rows) < page:
                     break
                 start = "(" + rows[-1][0].decode()
@@ -351,11 +396,17 @@ class Consumer:
                 continue
             msg = Message(raw_id, raw_fields, stream, self.group, attempts.get(raw_id, 1), limit)
             if msg.attempt > self.spec.retry.max_attempts:
-                await self.dead_letter(
-                    msg, "MaxAttemptsExceeded",
-                    f"delivered {msg.attempt} times, more than max_attempts="
-                    f"{self.spec.retry.max_attempts} (a worker may have died while running it)",
-                )
+                try:
+                    await self.dead_letter(
+                        msg, "MaxAttemptsExceeded",
+                        f"delivered {msg.attempt} times, more than max_attempts="
+                        f"{self.spec.retry.max_attempts} (a worker may have died while running it)",
+                    )
+                except (RedisError, OSError) as exc:
+                    # Stays pending: reclaimed and dead-lettered again later. The other
+                    # entries of this claim still run.
+                    self.log.error("dead_letter_failed", stream=stream, message_id=msg.id,
+                                   attempt=msg.attempt, error=str(exc))
                 continue
             batch.append(msg)
         self.submit(batch)
@@ -416,6 +467,7 @@ class Consumer:
         notify = acker.notify
         buckets = {stream: acker.bucket(stream, self.group) for stream in self.streams}
         ack_max = acker.max_batch
+        suspects = self._suspects
         concurrency = self.concurrency
         task = asyncio.current_task()
         state = _SlotState(task)
@@ -462,6 +514,8 @@ class Consumer:
                     state.timed_out = False
                     task.uncancel()
                 state.msg = None
+                if suspects:
+                    suspects.discard(msg._id)
                 if failure is None:
                     self.handled += 1
                     bucket = buckets[msg.stream]

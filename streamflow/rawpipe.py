@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from .codec import pack_command
@@ -39,6 +40,11 @@ class RawPipe:
                     results.append(await conn.read_response(disable_decoding=True))
                 except ResponseError as exc:
                     results.append(exc)
+        except RuntimeError as exc:
+            # uvloop: writing to a transport the peer reset ("unable to perform operation
+            # on <TCPTransport closed=True>") is a connection error like any other.
+            await self._drop()
+            raise RedisConnectionError(f"connection lost: {exc}") from exc
         except BaseException:
             await self._drop()
             raise

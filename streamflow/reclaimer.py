@@ -107,6 +107,7 @@ class Reclaimer:
         start = "-"
         claimed = 0
         running = c.running_ids() if not retries else set()
+        suspect_taken: bytes | None = None
         while True:
             rows = await c.client.execute_command(
                 "XPENDING", stream, c.group, "IDLE", min_idle, start, "+", PAGE, *extra
@@ -123,13 +124,36 @@ class Reclaimer:
                     if owner == c.name.encode() and (stream, raw_id) in running:
                         continue  # running here right now (its lease is being renewed)
                     need = vis_ms
+                    if self._is_suspect(int(deliveries)):
+                        if c._suspects or suspect_taken:
+                            continue  # one crash suspect at a time (see _is_suspect)
+                        if int(idle) >= need:
+                            suspect_taken = raw_id
                 if int(idle) >= need:
                     due.append((raw_id, need, int(deliveries)))
             if due:
-                claimed += await self._claim(stream, due)
+                if suspect_taken is not None:
+                    c._suspects.add(suspect_taken)
+                try:
+                    claimed += await self._claim(stream, due)
+                finally:
+                    if suspect_taken is not None and not c.holds(stream, suspect_taken):
+                        c._suspects.discard(suspect_taken)  # not ours, dead-lettered or gone
             if len(rows) < PAGE:
                 return claimed
             start = "(" + rows[-1][0].decode()
+
+    def _is_suspect(self, deliveries: int) -> bool:
+        """An entry of a dead consumer delivered twice already may be what kills workers.
+
+        Poison that crashes the process (``os._exit``, a segfault) takes every entry in
+        flight with it, so innocent entries gain a delivery each time. Entries reclaimed
+        from dead consumers for the third time or more are therefore run one at a time
+        per worker: a poison entry then dies alone until it runs out of attempts, and the
+        entries that shared its crashes finish. (An entry out of attempts is not run at
+        all: it goes straight to the dead-letter stream.)
+        """
+        return 2 <= deliveries < self.c.spec.retry.max_attempts
 
     async def _claim(self, stream: str, due: list[tuple[bytes, int, int]]) -> int:
         c = self.c
@@ -151,7 +175,7 @@ class Reclaimer:
                 await c.dispatch_claimed(stream, claimed, attempts)
                 got += len(claimed)
             finally:
-                c._reserved -= n
+                c.release(n)
         return got
 
     # -- maintenance ----------------------------------------------------------------------

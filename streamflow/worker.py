@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from .acks import AckBuffer
 from .config import Settings
@@ -104,6 +105,7 @@ class Worker:
             await conn.check()
             client = await conn.client()
             await check_permissions(client, self.app.handlers, self.name)
+            await warn_if_streams_can_be_evicted(client)
             for hook in self.app.startup_hooks:
                 await hook()
             self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
@@ -179,6 +181,45 @@ class Worker:
             task_status.started()
             async for signum in signals:
                 self.stop(signal.Signals(signum).name)
+
+
+_MAY_INFO = """
+if redis.acl_check_cmd == nil then return 1 end
+local ok, allowed = pcall(redis.acl_check_cmd, 'INFO', 'memory')
+if ok and allowed then return 1 end
+return 0
+"""
+
+
+async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
+    """Log a warning when the server's ``maxmemory-policy`` may evict streams; return it.
+
+    ``allkeys-*`` policies evict any key, streams and their groups' pending entries
+    included; ``volatile-*`` ones evict keys with a TTL. ``noeviction`` is the safe
+    policy for a queue: writes fail when memory is full, nothing is dropped.
+    """
+    try:
+        # A worker's least-privilege ACL need not allow INFO: ask first (Redis 7+), so a
+        # denied INFO does not land in the server's ACL LOG.
+        allowed = await client.eval(_MAY_INFO, 0)
+        if not allowed:
+            return None
+        info = await client.execute_command("INFO", "memory")
+    except (RedisError, OSError):
+        return None  # not worth failing the start for
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    policy = ""
+    for line in text.splitlines():
+        if line.startswith("maxmemory_policy:"):
+            policy = line.split(":", 1)[1].strip()
+    if policy and policy != "noeviction":
+        log.warning(
+            "eviction_policy_may_drop_streams", maxmemory_policy=policy,
+            hint="with this policy the server may evict stream keys (and their pending "
+                 "entries) when memory is full; use maxmemory-policy noeviction",
+        )
+        return policy
+    return None
 
 
 def run_worker(app: App, settings: Settings) -> None:
