@@ -51,6 +51,32 @@ def redact_url(text: str) -> str:
     return text
 
 
+def _closed_transport_is_connection_error(cls: type[Any]) -> type[Any]:
+    """A subclass of a redis-py connection class for which a write to a transport that is
+    already closed raises ``ConnectionError``.
+
+    On uvloop such a write (a connection the server or a proxy reset while it sat idle
+    in the pool) raises ``RuntimeError('unable to perform operation on <TCPTransport
+    closed=True>')``, which redis-py does not treat as a connection error; on the plain
+    asyncio loop the write is ignored and the read fails with ``ConnectionError``.
+    """
+    if getattr(cls, "_streamflow_robust", False):
+        return cls
+
+    class Robust(cls):  # type: ignore[misc]
+        _streamflow_robust = True
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            try:
+                await super().send_packed_command(command, check_health)
+            except RuntimeError as exc:
+                await self.disconnect(nowait=True)
+                raise RedisConnectionError(f"connection lost: {exc}") from exc
+
+    Robust.__name__ = Robust.__qualname__ = cls.__name__
+    return Robust
+
+
 def _raw(response: Any, **_: Any) -> Any:
     return response
 
@@ -184,6 +210,8 @@ class Connection:
         for command in ("XREADGROUP", "XREAD", "XCLAIM", "XAUTOCLAIM", "XPENDING", "XINFO STREAM",
                         "XINFO GROUPS", "XINFO CONSUMERS", "XRANGE", "XREVRANGE"):
             client.set_response_callback(command, _raw)
+        pool = client.connection_pool
+        pool.connection_class = _closed_transport_is_connection_error(pool.connection_class)
         return client
 
     async def check(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
@@ -198,7 +198,7 @@ class Consumer:
             text = str(exc)
             if "BUSYGROUP" in text:
                 return True
-            if text.startswith("OOM"):
+            if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
                 if await self._group_exists(stream):
                     return True
                 self.log.error("group_create_refused", stream=stream, error=text,

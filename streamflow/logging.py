@@ -107,12 +107,16 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: Any
     if fmt == "json":
         # Tracebacks become data first, so that the redaction below sees their text.
-        shared += [structlog.processors.dict_tracebacks, redact_secrets]
+        shared += [structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ), redact_secrets]
         renderer = structlog.processors.JSONRenderer()
     else:
         # The console renderer formats tracebacks itself: the wrapper redacts them.
         shared += [redact_secrets]
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     structlog.configure(
         processors=[*shared, _redacting(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),

@@ -207,11 +207,15 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
         info = await client.execute_command("INFO", "memory")
     except (RedisError, OSError):
         return None  # not worth failing the start for
-    text = info.decode() if isinstance(info, bytes) else str(info)
     policy = ""
-    for line in text.splitlines():
-        if line.startswith("maxmemory_policy:"):
-            policy = line.split(":", 1)[1].strip()
+    if isinstance(info, dict):  # redis-py parses INFO into a dict
+        raw = info.get("maxmemory_policy", "")
+        policy = raw.decode() if isinstance(raw, bytes) else str(raw)
+    else:
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("maxmemory_policy:"):
+                policy = line.split(":", 1)[1].strip()
     if policy and policy != "noeviction":
         log.warning(
             "eviction_policy_may_drop_streams", maxmemory_policy=policy,
