@@ -232,13 +232,14 @@ def run_worker(app: App, settings: Settings) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {}
-    if os.environ.get("STREAMFLOW_UVLOOP", "auto") != "0":
+    if os.environ.get("STREAMFLOW_UVLOOP", "0").lower() not in ("", "0", "false", "no"):
         try:
             import uvloop  # noqa: F401
-
-            options["use_uvloop"] = True
         except ImportError:
-            pass
+            raise ConfigError(
+                "STREAMFLOW_UVLOOP", "uvloop is not installed (pip install 'streamflow[uvloop]')"
+            ) from None
+        options["use_uvloop"] = True
     async def main() -> None:
         try:
             await Worker(app, settings).serve()
