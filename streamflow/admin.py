@@ -38,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
+from .cli_types import positive_int as _positive_int
 from .config import DEFAULT_REDIS_URL
 from .connection import Connection, redact_url
 from .consumer import RETRY_CONSUMER
@@ -125,16 +126,6 @@ def add_admin_commands(sub: Any) -> None:
     which.add_argument("--all", action="store_true",
                        help="every record of STREAM present when the command starts")
     rep.set_defaults(handler=cmd_dlq_replay)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 # -- running ------------------------------------------------------------------------------

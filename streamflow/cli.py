@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from .app import App
+from .cli_types import positive_float as _positive_float
+from .cli_types import positive_int as _positive_int
 from .errors import AppLoadError, StreamflowError
 
 __all__ = ["load_app", "main"]
@@ -49,28 +50,6 @@ def load_app(target: str) -> App:
     if not isinstance(obj, App):
         raise AppLoadError(f"{module_name}:{attr} is a {type(obj).__name__}, not a streamflow.App")
     return obj
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

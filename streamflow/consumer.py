@@ -145,9 +145,15 @@ class Consumer:
         self.stop_requested.set()
         self._space.set()  # wake readers waiting for free slots
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the consumer is asked to stop."""
+        with anyio.move_on_after(seconds):
+            await self.stop_requested.wait()
+
     def cancel_handlers(self) -> None:
         """Cancel running handlers now (their entries stay pending and will be redelivered)."""
         self._stopping = True
+        self.stop_requested.set()
         if self._intake_scope is not None:
             self._intake_scope.cancel()
         self._queue.clear()
@@ -172,7 +178,9 @@ class Consumer:
             start = (start_ids or {}).get(stream, self.spec.start_id)
             delay = 0.5
             while not await self._create_group(stream, start, recreated=bool(start_ids)):
-                await anyio.sleep(delay)
+                await self._pause(delay)
+                if self._stopping:
+                    return
                 delay = min(delay * 2, 10.0)
 
     async def _group_exists(self, stream: str) -> bool:
@@ -299,14 +307,14 @@ class Consumer:
                         else:
                             self.log.error("read_failed", error=str(exc))
                         delay = min(max(delay * 2, 0.1), 5.0)
-                        await anyio.sleep(delay)
+                        await self._pause(delay)
                         continue
                     except _TRANSIENT as exc:
                         if not failing:
                             self.log.warning("read_failed", error=str(exc) or type(exc).__name__)
                             failing = True
                         delay = min(max(delay * 2, 0.1), 5.0)
-                        await anyio.sleep(delay)
+                        await self._pause(delay)
                         continue
                     if failing:
                         self.log.info("read_recovered")

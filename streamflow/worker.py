@@ -78,6 +78,8 @@ class Worker:
             return
         self.exit_reason = reason
         self._stop.set()
+        for c in self.consumers:  # also those still starting (e.g. waiting out an OOM)
+            c.stop()
 
     async def serve(self) -> None:
         """Connect, run until :meth:`stop` (or a signal), drain, and close."""
