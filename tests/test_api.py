@@ -1,0 +1,38 @@
+"""The public API: what `import streamflow` offers, and nothing by accident."""
+
+from __future__ import annotations
+
+import inspect
+
+import streamflow
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """`__all__` is sorted, every name in it exists, and every public class or function is in it."""
+    assert streamflow.__all__ == sorted(streamflow.__all__)
+    for name in streamflow.__all__:
+        assert hasattr(streamflow, name), name
+    public = {
+        name for name, obj in vars(streamflow).items()
+        if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+    }
+    assert public == set(streamflow.__all__)
+
+
+def test_errors_share_one_base() -> None:
+    """Every exception streamflow exports derives from StreamflowError, so one except catches all."""
+    for name in streamflow.__all__:
+        obj = getattr(streamflow, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            assert issubclass(obj, streamflow.StreamflowError), name
+
+
+def test_every_module_has_a_docstring() -> None:
+    """Each module of the package opens with a docstring saying what it holds."""
+    import pkgutil
+
+    for info in pkgutil.iter_modules(streamflow.__path__, "streamflow."):
+        if info.name == "streamflow.__main__":
+            continue  # importing it runs the CLI
+        module = __import__(info.name, fromlist=["_"])
+        assert (module.__doc__ or "").strip(), info.name
