@@ -8,6 +8,7 @@ later. A second signal cancels running handlers at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -141,7 +142,8 @@ class Worker:
             for c in self.consumers:
                 await tg.start(c.run)
             log.info(
-                "worker_started", consumer=self.name, url=conn.safe_url
+                "worker_started", consumer=self.name, loop=type(asyncio.get_running_loop()).__module__,
+                url=conn.safe_url
                 if conn.server is None else conn.effective_url,
                 handlers=[{"handler": c.spec.name, "streams": c.streams, "group": c.group,
                            "concurrency": c.concurrency} for c in self.consumers],

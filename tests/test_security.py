@@ -884,3 +884,24 @@ def test_cli_bad_consumer_name_is_one_line_error(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         proc.stderr.strip()
     ] and "invalid setting consumer_name" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_logged_tracebacks_do_not_carry_payloads(
+    fmt: str, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    """A failure logged with its traceback shows no frame locals, so message payloads stay out of logs."""
+    configure_logging("info", fmt)
+    log = structlog.get_logger("test")
+
+    def handler(payload: str) -> None:
+        raise ValueError("handler failed")
+
+    secret = "-".join(["PAYLOAD", "6f1c", "NEVER", "LOGGED"])  # not in any source line
+    try:
+        handler(secret)
+    except ValueError as exc:
+        log.warning("handler_failed", exc_info=exc)
+    err = capsys.readouterr().err
+    assert "handler failed" in err and "ValueError" in err
+    assert secret not in err
