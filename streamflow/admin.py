@@ -44,6 +44,7 @@ from .connection import Connection, redact_url
 from .consumer import RETRY_CONSUMER
 from .deadletter import DeadLetter, parse_record
 from .errors import ConfigError, ServerUnavailable, StreamflowError
+from .reclaimer import id_successor, parse_id
 
 __all__ = [
     "AdminError",
@@ -197,8 +198,7 @@ def _int(value: Any) -> int | None:
 
 
 def _id_tuple(raw: Any) -> tuple[int, int]:
-    ms, _, seq = _s(raw).partition("-")
-    return int(ms), int(seq or 0)
+    return parse_id(_s(raw))
 
 
 def _id_ms(raw: Any) -> int:
@@ -566,8 +566,7 @@ async def read_records(
                 out.append(rec)
         if not rows or len(rows) < PAGE:
             return out, False
-        ms, seq = _id_tuple(rows[-1][0])
-        start = f"{ms}-{seq + 1}"
+        start = id_successor(rows[-1][0])
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -697,8 +696,7 @@ async def replay(
         await _replay_batch(client, stream, dlq, mine, result)
         if not rows or len(rows) < PAGE:
             return result
-        ms, seq = _id_tuple(rows[-1][0])
-        start = f"{ms}-{seq + 1}"
+        start = id_successor(rows[-1][0])
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:

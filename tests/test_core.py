@@ -21,33 +21,16 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from streamflow import App, ConfigError, Message, Retry, Settings, Worker
+from streamflow import App, ConfigError, Message, Retry, Settings
 from streamflow.consumer import RETRY_CONSUMER
 from streamflow.deadletter import parse_record
+from streamflow.testing import FAST_SETTINGS, running_worker
 
 #: Settings that keep the in-process workers quick to react and quick to stop.
-FAST: dict[str, Any] = {
-    "block_ms": 100,
-    "visibility_timeout": 5.0,
-    "reclaim_interval": 0.2,
-    "grace_period": 5.0,
-}
+FAST = FAST_SETTINGS
 
 
-@asynccontextmanager
-async def running(app: App, url: str, **overrides: Any) -> AsyncIterator[Worker]:
-    """Run a worker for ``app`` on ``url`` while the body runs; stop it gracefully after."""
-    settings = app.settings(redis_url=url, **{**FAST, **overrides})
-    worker = Worker(app, settings, handle_signals=False)
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.serve)
-            with anyio.fail_after(10):
-                await worker.ready.wait()
-            try:
-                yield worker
-            finally:
-                worker.stop()
+running = running_worker
 
 
 @asynccontextmanager

@@ -18,8 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +44,12 @@ from streamflow.permissions import (
     check_permissions,
 )
 from streamflow.policies import Retention
+from streamflow.testing import FAST_SETTINGS, running_worker
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "security.md"
 
-FAST: dict[str, Any] = {
-    "block_ms": 100,
-    "visibility_timeout": 5.0,
-    "reclaim_interval": 0.2,
-    "grace_period": 5.0,
-}
+FAST = FAST_SETTINGS
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -62,19 +57,7 @@ SECRET = "s3cr3t-Pa55word"
 # -- helpers ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def running(app: App, url: str, **overrides: Any) -> AsyncIterator[Worker]:
-    """Run a worker for ``app`` on ``url`` while the body runs; stop it gracefully after."""
-    worker = Worker(app, app.settings(redis_url=url, **{**FAST, **overrides}), handle_signals=False)
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.serve)
-            with anyio.fail_after(10):
-                await worker.ready.wait()
-            try:
-                yield worker
-            finally:
-                worker.stop()
+running = running_worker
 
 
 async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
