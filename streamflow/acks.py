@@ -102,7 +102,7 @@ class AckBuffer:
         that is an error is raised after the acks were accounted for.
         """
         batch = self.take() if self._has_items.is_set() else {}
-        commands: list[Any] = [["XACK", s, g, *ids] for (s, g), ids in batch.items()]
+        commands = _xacks(batch)
         commands.append(command)
         try:
             results = await pipe.execute(commands)
@@ -123,7 +123,7 @@ class AckBuffer:
             return
         if self._pipe is None:
             self._pipe = RawPipe(self._client)
-        commands: list[Any] = [["XACK", s, g, *ids] for (s, g), ids in batch.items()]
+        commands = _xacks(batch)
         try:
             results = await self._pipe.execute(commands)
         except (RedisError, OSError) as exc:
@@ -174,3 +174,8 @@ class AckBuffer:
         self._closing = True
         self._has_items.set()
         self._full.set()
+
+
+def _xacks(batch: dict[tuple[str, str], list[bytes]]) -> list[list[Any]]:
+    """One XACK command per (stream, group) of ``batch``."""
+    return [["XACK", stream, group, *ids] for (stream, group), ids in batch.items()]

@@ -172,7 +172,7 @@ class Worker:
             tg.cancel_scope.cancel()
         log.info(
             "worker_stopped",
-            handled=sum(c.handled for c in self.consumers),
+            handled=self.handled,
             failed=sum(c.failed for c in self.consumers),
             dead_lettered=sum(c.dead_lettered for c in self.consumers),
             acked=acker.acked, ack_flushes=acker.flushes, unacked=len(acker),
@@ -211,15 +211,8 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
         info = await client.execute_command("INFO", "memory")
     except (RedisError, OSError):
         return None  # not worth failing the start for
-    policy = ""
-    if isinstance(info, dict):  # redis-py parses INFO into a dict
-        raw = info.get("maxmemory_policy", "")
-        policy = raw.decode() if isinstance(raw, bytes) else str(raw)
-    else:
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        for line in text.splitlines():
-            if line.startswith("maxmemory_policy:"):
-                policy = line.split(":", 1)[1].strip()
+    raw = info.get("maxmemory_policy", "")  # redis-py parses INFO into a dict
+    policy = raw.decode() if isinstance(raw, bytes) else str(raw)
     if policy and policy != "noeviction":
         log.warning(
             "eviction_policy_may_drop_streams", maxmemory_policy=policy,
