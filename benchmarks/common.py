@@ -463,6 +463,7 @@ def machine_info(url: str) -> dict[str, Any]:
         "bench": "machine", "cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
         "python": platform.python_version(), "redis_py": _version("redis"),
         "hiredis": _version("hiredis"), "anyio": _version("anyio"), "uvloop": _version("uvloop"),
+        "orjson": _version("orjson"),
         "streamflow": _version("streamflow"), "faststream": _version("faststream"),
         "taskiq_redis": _version("taskiq-redis"), "server": server, "load1": load1(),
     }

@@ -51,7 +51,7 @@ def run_sampled(url: str, stream: str, backlog: int, args: Any) -> dict[str, Any
     """Run the slow-handler worker on ``stream`` for ``args.duration`` s; return RSS figures."""
     env = child_env({"BENCH_STREAM": stream, "BENCH_GROUP": GROUP, "BENCH_SLEEP": str(args.sleep),
                      "BENCH_CONCURRENCY": str(args.concurrency),
-                     "STREAMFLOW_UVLOOP": "1" if args.uvloop else "0"})
+                     "STREAMFLOW_LOOP": "uvloop" if args.uvloop else "asyncio"})
     cmd = [sys.executable, "-m", "streamflow", "run", "benchmarks.apps:slow_app", "--redis-url", url,
            "--log-format", "json", "--log-level", "info"]
     with tempfile.TemporaryFile() as log:

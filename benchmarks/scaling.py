@@ -52,7 +52,7 @@ def measure(url: str, procs: int, run: int, args: Any) -> dict[str, Any]:
     preload(url, stream, n)
     env = child_env({"BENCH_STREAM": stream, "BENCH_GROUP": GROUP, "BENCH_GATE": gate,
                      "BENCH_CONCURRENCY": str(args.concurrency),
-                     "STREAMFLOW_UVLOOP": "1" if args.uvloop else "0"})
+                     "STREAMFLOW_LOOP": "uvloop" if args.uvloop else "asyncio"})
     cmd = [sys.executable, "-m", "streamflow", "run", f"benchmarks.apps:{args.scenario}_app",
            "--redis-url", url, "--log-level", "warning", "--log-format", "console"]
     client = sync_client(url)

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="idle time after which a dead consumer's entries are reclaimed")
     tuning.add_argument("--consumer-name", metavar="NAME",
                         help="fixed consumer name (default: host-pid-random)")
+    tuning.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
+                        help="event loop (default auto: uvloop when installed, else asyncio)")
     logs = run.add_argument_group("logging")
     logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     logs.add_argument("--log-format", choices=["auto", "console", "json"],
@@ -131,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         redis_url=url, concurrency=args.concurrency, log_level=args.log_level,
         log_format=args.log_format, grace_period=args.grace_period,
         visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
+        loop=args.loop,
     )
     run_worker(app, settings)
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_REDIS_URL", "Settings", "validate_name"]
+__all__ = ["DEFAULT_REDIS_URL", "LOOPS", "Settings", "use_uvloop", "uvloop_available", "validate_name"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 ENV_PREFIX = "STREAMFLOW_"
@@ -71,6 +71,8 @@ class Settings:
     socket_timeout: float = 10.0
     """Seconds a command may wait for its reply (BLOCK time is added for reads)."""
     connect_timeout: float = 5.0
+    loop: str = "auto"
+    """Event loop of ``streamflow run``: ``uvloop``, ``asyncio``, or ``auto`` (uvloop when installed)."""
 
     def __post_init__(self) -> None:
         _check(self)
@@ -169,5 +171,25 @@ def _check(s: Settings) -> None:
         )
     if s.consumer_name is not None:
         validate_name("consumer_name", s.consumer_name)
+    if not isinstance(s.loop, str) or s.loop not in LOOPS:
+        raise ConfigError("loop", f"{s.loop!r} is not one of {', '.join(LOOPS)}")
+    if s.loop == "uvloop" and not uvloop_available():
+        raise ConfigError("loop", "uvloop is not installed (pip install 'streamflow[uvloop]')")
+
+
+#: Accepted values of the ``loop`` setting.
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def uvloop_available() -> bool:
+    """True when uvloop can be imported (it is not available on Windows)."""
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def use_uvloop(settings: Settings) -> bool:
+    """Whether ``streamflow run`` starts its event loop on uvloop with these settings."""
+    return settings.loop == "uvloop" or (settings.loop == "auto" and uvloop_available())
 
 

@@ -224,19 +224,13 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
 
 
 def run_worker(app: App, settings: Settings) -> None:
-    """Blocking entry point used by the CLI: logging, event loop (uvloop if asked), serve."""
+    """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve."""
+    from .config import use_uvloop
     from .logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    options: dict[str, Any] = {}
-    if os.environ.get("STREAMFLOW_UVLOOP", "0").lower() not in ("", "0", "false", "no"):
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "STREAMFLOW_UVLOOP", "uvloop is not installed (pip install 'streamflow[uvloop]')"
-            ) from None
-        options["use_uvloop"] = True
+    options: dict[str, Any] = {"use_uvloop": use_uvloop(settings)}
+
     async def main() -> None:
         try:
             await Worker(app, settings).serve()

@@ -7,6 +7,7 @@ a private test server or to a free port with nothing listening.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamflow.config import uvloop_available
 from streamflow.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,7 @@ def test_unreachable_redis_is_a_one_line_error() -> None:
         ("--concurrency", "many", "not a whole number"),
         ("--grace-period", "-1", ">= 0"),
         ("--log-level", "loud", "invalid choice"),
+        ("--loop", "trio", "invalid choice"),
     ],
 )
 def test_bad_option_value_is_reported_by_the_parser(option: str, value: str, needle: str) -> None:
@@ -137,7 +140,7 @@ def test_nan_grace_period_is_refused() -> None:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("STREAMFLOW_GRACE_PERIOD", "abc"), ("STREAMFLOW_CONCURRENCY", "0"),
-     ("STREAMFLOW_LOG_FORMAT", "xml")],
+     ("STREAMFLOW_LOG_FORMAT", "xml"), ("STREAMFLOW_LOOP", "trio")],
 )
 def test_bad_env_setting_is_a_one_line_error(variable: str, value: str) -> None:
     """A bad STREAMFLOW_* value gives exit 2 and one line naming the setting."""
@@ -234,6 +237,34 @@ def test_sigterm_drains_in_flight_handlers_and_acks_exactly_what_finished(
     )
     assert len(done) < 60, "the test needs entries left unstarted at shutdown"
     assert not pending, f"entries delivered but neither handled nor released: {sorted(pending)}"
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
+def test_loop_option_picks_the_event_loop(loop: str, redis_url: str, r: redis.Redis,
+                                          tmp_path: Path) -> None:
+    """`--loop` runs the worker on the named event loop (auto: uvloop when it is installed), which
+    handles, acks and drains as usual."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    expected = "uvloop" if loop == "uvloop" or (loop == "auto" and uvloop_available()) else "asyncio"
+    log = tmp_path / "worker.log"
+    proc = _start_worker(redis_url, log, 0.01, "--loop", loop)
+    try:
+        _wait(lambda: _group_exists(r), 15, "group creation", proc, log)
+        for i in range(20):
+            r.xadd(STREAM, {"n": str(i)})
+        _wait(lambda: r.scard(DONE_KEY) == 20, 15, "20 handled", proc, log)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    finally:
+        _stop(proc)
+    output = log.read_text()
+    assert rc == 0, output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    started = next(e for e in events if e["event"] == "worker_started")
+    assert started["loop"].split(".")[0] == expected, started
+    acked, pending = _acked_and_pending(r)
+    assert len(acked) == 20 and not pending
 
 
 def test_second_signal_cancels_running_handlers_at_once(

@@ -2,7 +2,7 @@
 resets, a lost XACK reply, a black hole, +200 ms latency, connections cut after N bytes.
 
 Workers connect through the proxy; the producer and the checks talk to the server directly.
-They run on the plain asyncio event loop (``STREAMFLOW_UVLOOP=0``), except the uvloop
+They run on the plain asyncio event loop (``STREAMFLOW_LOOP=asyncio``), except the uvloop
 variant of the reset test (skipped when uvloop is not installed).
 """
 
@@ -34,7 +34,7 @@ def _setup(servers: Servers, workers: Workers, proxies: list[ChaosProxy], *, vis
     proxy = ChaosProxy(server.port).start()
     proxies.append(proxy)
     workers.spawn_many(n_workers, proxy.url, vis=vis,
-                       env={"CHAOS_CONCURRENCY": "16", "STREAMFLOW_UVLOOP": "0", **(env or {})})
+                       env={"CHAOS_CONCURRENCY": "16", "STREAMFLOW_LOOP": "asyncio", **(env or {})})
     return server, main, proxy
 
 
@@ -50,7 +50,7 @@ def test_connection_resets(servers: Servers, workers: Workers, ledger: Ledger,
     if loop == "uvloop":
         pytest.importorskip("uvloop")
     server, main, proxy = _setup(servers, workers, proxies,
-                                 env={"STREAMFLOW_UVLOOP": "1" if loop == "uvloop" else "0"})
+                                 env={"STREAMFLOW_LOOP": loop})
     total, rate = size(700, 20_000), size(200, 1000)
     prod = BackgroundProducer(server.url, total, rate, extra=lambda n: {"sleep": 0.02}).start()
     resets = 0
