@@ -9,7 +9,12 @@ Scenarios (the handler's work per message):
 Implementations: ``streamflow`` (per-message handler, in-process ``Worker``),
 ``raw-1`` / ``raw-4`` / ``raw-4-nocb`` (see raw_loop.py), and when installed
 ``faststream`` / ``faststream-batch`` / ``taskiq`` (see peers.py; capped at
-``--peer-messages``, they run at a few thousand msg/s).
+``--peer-messages``, they run at a few thousand msg/s). ``bare`` is no consumer at all:
+the scenario's handler work alone, N times, without Redis (``concurrency`` tasks looping
+for ``sleep``): the ceiling no consumer in one process can pass.
+
+After the table, the issue's targets are checked against the medians and printed as
+``met`` / ``NOT met`` (JSON lines with ``"target"``).
 
 Every run: preload the stream (not timed), start a fresh process that consumes until
 its handler ran N times and the group shows pending 0 and lag 0 (timed: ``seconds`` is
@@ -43,6 +48,7 @@ from benchmarks.common import (
     machine_info,
     make_parser,
     median,
+    payload_bytes,
     preload,
     print_table,
     progress,
@@ -54,7 +60,7 @@ from benchmarks.common import (
 from benchmarks.peers import PEERS, peer_impls
 from benchmarks.raw_loop import VARIANTS, Counter, raw_impl
 
-DEFAULT_IMPLS = ("streamflow", *VARIANTS, *PEERS)
+DEFAULT_IMPLS = ("streamflow", *VARIANTS, *PEERS, "bare")
 
 
 # --------------------------------------------------------------------------- streamflow
@@ -102,6 +108,48 @@ async def consume_streamflow(params: dict[str, Any]) -> dict[str, Any]:
             "ack_flushes": worker.acker.flushes if worker.acker is not None else None}
 
 
+async def consume_bare(params: dict[str, Any]) -> dict[str, Any]:
+    """Child process: the scenario's handler work ``n`` times with no Redis and no framework."""
+    from streamflow.codec import loads
+
+    n, scenario, concurrency = params["n"], params["scenario"], int(params["concurrency"])
+    payloads = [payload_bytes(i) for i in range(1000)]
+    t0 = time.perf_counter()
+    if scenario == "noop":
+        async def noop() -> None:
+            pass
+
+        for _ in range(n):
+            await noop()
+    elif scenario == "json":
+        async def decode(data: bytes) -> None:
+            cpu_work(loads(data))
+
+        for i in range(n):
+            await decode(payloads[i % 1000])
+    elif scenario == "sleep":
+        left = n
+
+        async def sleeper() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(sleeper)
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    seconds = time.perf_counter() - t0
+    return {"handled": n, "seconds": seconds, "acked": True}
+
+
+def bare_impl(concurrency: int) -> dict[str, Any]:
+    return {"impl": "bare", "target": "benchmarks.throughput:consume_bare", "no_redis": True,
+            "params": {"concurrency": concurrency}}
+
+
 def streamflow_impl(concurrency: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"impl": "streamflow", "target": "benchmarks.throughput:consume_streamflow",
             "params": {"concurrency": concurrency, "settings": settings or {}}}
@@ -116,6 +164,8 @@ def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, arg
             bench: str) -> dict[str, Any]:
     """Preload, consume in a child process, verify; return the result line (also emitted)."""
     name = impl["impl"]
+    if impl.get("no_redis"):
+        return _measure_no_redis(impl, scenario, n, run, args, bench)
     stream = f"bench:{bench}:{name}:{scenario}:{run}"
     entry = None
     if impl.get("entries") is not None:
@@ -150,6 +200,51 @@ def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, arg
             progress(f"--- {name}/{scenario} child output ---\n{res['log']}")
     emit(line)
     return line
+
+
+def _measure_no_redis(impl: dict[str, Any], scenario: str, n: int, run: int, args: argparse.Namespace,
+                      bench: str) -> dict[str, Any]:
+    params = {**impl["params"], "n": n, "scenario": scenario, "uvloop": bool(args.uvloop)}
+    res = run_child(impl["target"], params, timeout=90 + n / 1000)
+    seconds = res.get("seconds")
+    valid = bool("error" not in res and res.get("handled") == n)
+    line: dict[str, Any] = {
+        "bench": bench, "scenario": scenario, "impl": impl["impl"], "msgs": n, "run": run,
+        "seconds": round(seconds, 4) if seconds else None,
+        "rate": round(n / seconds) if seconds else None, "valid": valid, "no_redis": True,
+        "loop": "uvloop" if args.uvloop else "asyncio", "load1": load1(),
+    }
+    if not valid:
+        line["why"] = res.get("error") or f"handled={res.get('handled')}"
+    emit(line)
+    return line
+
+
+#: Per-message peers: streamflow must do >= 50x their rate.
+PER_MESSAGE_PEERS = ("faststream", "taskiq")
+
+
+def check_targets(summaries: dict[tuple[str, str], dict[str, Any]],
+                  ratios: dict[tuple[str, str], float], scenarios: list[str]) -> list[list[Any]]:
+    """The issue's targets that this run measured: [target, value, wanted, met] rows."""
+    rows: list[list[Any]] = []
+
+    def add(target: str, value: float | None, wanted: str, met: bool) -> None:
+        rows.append([target, value, wanted, "met" if met else "NOT met"])
+        emit({"bench": "throughput", "target": target, "value": value, "wanted": wanted, "met": met})
+
+    for scenario in scenarios:
+        if (value := ratios.get((scenario, "raw-1"))) is not None:
+            add(f"{scenario}: streamflow / raw-1", round(value, 2), ">= 1.2", value >= 1.2)
+        for peer in PER_MESSAGE_PEERS:
+            if (value := ratios.get((scenario, peer))) is not None:
+                add(f"{scenario}: streamflow / {peer}", round(value, 1), ">= 50", value >= 50)
+        if (value := ratios.get((scenario, "faststream-batch"))) is not None:
+            add(f"{scenario}: streamflow / faststream-batch", round(value, 2), "> 1", value > 1)
+    sleep = summaries.get(("sleep", "streamflow"))
+    if sleep and sleep["rate_median"]:
+        add("sleep: streamflow msg/s", sleep["rate_median"], ">= 80,000", sleep["rate_median"] >= 80_000)
+    return rows
 
 
 def measure_all(url: str, impls: list[dict[str, Any]], scenarios: list[str], args: argparse.Namespace,
@@ -202,6 +297,9 @@ def measure_all(url: str, impls: list[dict[str, Any]], scenarios: list[str], arg
                 f"{'uvloop' if args.uvloop else 'asyncio'} loop)",
                 ["scenario", "impl", "msgs", "valid", "median", "min", "max", "streamflow/impl"],
                 rows_out, args.json_only)
+    if bench == "throughput":
+        print_table("targets (from the medians above)", ["target", "value", "wanted", "met"],
+                    check_targets(summaries, ratios, scenarios), args.json_only)
     return results
 
 
@@ -241,6 +339,8 @@ def main() -> int:
             impls.append(streamflow_impl(args.concurrency))
         elif name in VARIANTS:
             impls.append(raw_impl(name))
+        elif name == "bare":
+            impls.append(bare_impl(args.concurrency))
         elif name in by_name:
             impls.append(by_name[name])
 
