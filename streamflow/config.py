@@ -52,8 +52,9 @@ class Settings:
     """How long one XREADGROUP waits for new entries."""
     batch_size: int = 1000
     """Most entries fetched by one XREADGROUP (also capped by free handler slots)."""
-    readers: int = 1
-    """Read loops per handler; each fetches up to ``batch_size`` entries."""
+    readers: int = 2
+    """Read loops per handler (each with its own connection): while the handlers work through
+    one batch, the next is already on its way (two did ~1.3x the throughput of one)."""
     ack_interval: float = 0.005
     """Longest an ack waits before its batch is flushed (seconds)."""
     ack_batch: int = 500

@@ -244,6 +244,11 @@ class Consumer:
         them all, and each checks its own need again.
         """
         least = max(1, min(least, most, self.concurrency))
+        if self._space_waiters:
+            # Others are waiting, perhaps woken by the release that let this task loop
+            # round: let them look first, so that a reader going straight from one read to
+            # the next cannot keep the reclaimer (or another reader) from ever getting a slot.
+            await asyncio.sleep(0)
         while True:
             if self._stopping:
                 return 0
@@ -284,9 +289,11 @@ class Consumer:
         read_args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", 0,
                                 "BLOCK", self.settings.block_ms, "STREAMS", *streams,
                                 *([">"] * len(streams))]
-        # Read at most half the slots at a time, so that the next read is already on its
-        # way while the slots work through the previous batch.
-        batch = max(1, min(self.settings.batch_size, self.concurrency // 2))
+        # Each read loop asks for at most a share of the slots (a third with two loops), so
+        # the next read is already on its way while the slots work through the previous
+        # batch, and reads blocked on an idle stream leave slots free for the reclaimer.
+        readers = self.settings.readers
+        batch = max(1, min(self.settings.batch_size, self.concurrency // (readers + 1)))
         least = max(1, batch // 2)
         reader = RawPipe(self.client)
         delay = 0.0

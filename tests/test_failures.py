@@ -69,6 +69,35 @@ async def test_fails_twice_then_succeeds_with_backoff(any_redis_url: str) -> Non
         assert gap <= delay + reclaim + 0.5, (attempt, gap, delay)
 
 
+@pytest.mark.parametrize("readers", [1, 2, 3])
+async def test_retries_reach_a_single_slot_while_readers_wait_on_an_idle_stream(
+    redis_url: str, readers: int
+) -> None:
+    """With concurrency 1 and reads blocked on an idle stream (holding the only slot in turns),
+    the reclaimer still gets the slot for a due retry: the retry runs within its backoff plus a
+    few read timeouts."""
+    backoff, reclaim, block_ms = 0.2, 0.1, 100
+    seen: list[tuple[int, float]] = []
+    async with App(redis_url=redis_url) as app:
+
+        @app.handler("jobs", group="g", concurrency=1,
+                     retry=Retry(max_attempts=3, backoff=backoff, jitter=0))
+        async def flaky(msg: Message) -> None:
+            seen.append((msg.attempt, time.monotonic()))
+            if msg.attempt == 1:
+                raise RuntimeError("first attempt fails")
+
+        w = Worker(app, fast_settings(app, redis_url, reclaim_interval=reclaim, block_ms=block_ms,
+                                      readers=readers), handle_signals=False)
+        async with serving(w):
+            await app.publish("jobs", {"n": 1})
+            c = w.consumers[0]
+            await until(lambda: c.handled == 1, what="the retry to succeed")
+    assert [a for a, _ in seen] == [1, 2]
+    gap = seen[1][1] - seen[0][1]
+    assert gap <= backoff + reclaim + 5 * block_ms / 1000 + 0.5, gap
+
+
 async def test_always_failing_goes_to_dlq_with_metadata(any_redis_url: str) -> None:
     """An always-failing handler dead-letters the entry after max_attempts with the full record
     layout, and the entry is acked."""
