@@ -195,6 +195,31 @@ async def test_in_flight_handlers_never_exceed_concurrency(redis_url: str) -> No
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("readers", "concurrency"), [(1, 5), (2, 5), (2, 1), (4, 7)])
+async def test_entries_taken_never_exceed_concurrency_with_several_read_loops(
+    redis_url: str, readers: int, concurrency: int
+) -> None:
+    """With any number of read loops, entries taken from Redis and not finished (queued plus
+    running) never exceed `concurrency`: memory is bounded by it, not by the backlog."""
+    app = App(redis_url)
+    seen: list[int] = []
+    done = 0
+
+    @app.handler("taken", group="g", concurrency=concurrency)
+    async def work(msg: Message) -> None:
+        nonlocal done
+        seen.append(worker.consumers[0].in_flight)
+        await anyio.sleep(0.002)
+        seen.append(worker.consumers[0].in_flight)
+        done += 1
+
+    async with running(app, redis_url, readers=readers, batch_size=1000) as worker:
+        await app.publish_many("taken", range(300))
+        await wait_for(lambda: done >= 300, what="300 handled")
+    assert max(seen) == concurrency, max(seen)
+
+
+@pytest.mark.anyio
 async def test_settings_concurrency_overrides_the_handler_limit(redis_url: str) -> None:
     """Settings.concurrency (the --concurrency option) caps every handler below its own limit."""
     app = App(redis_url)
