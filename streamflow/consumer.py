@@ -294,13 +294,16 @@ class Consumer:
         # batch, and reads blocked on an idle stream leave slots free for the reclaimer.
         readers = self.settings.readers
         batch = max(1, min(self.settings.batch_size, self.concurrency // (readers + 1)))
-        least = max(1, batch // 2)
+        # After a read that came back short, ask for twice what it returned (at least 1):
+        # a read blocked on an idle stream then holds one slot instead of a batch, and the
+        # reclaimer can use the rest. A full read (a backlog) asks for a whole batch again.
+        want = batch
         reader = RawPipe(self.client)
         delay = 0.0
         failing = False
         try:
             while True:
-                count = await self.reserve(batch, least)
+                count = await self.reserve(want, max(1, want // 2))
                 if not count:
                     return
                 try:
@@ -327,15 +330,18 @@ class Consumer:
                         self.log.info("read_recovered")
                         failing = False
                     delay = 0.0
+                    got = 0
                     if reply:
                         self.reads += 1
-                        self._submit_reply(reply)
+                        got = self._submit_reply(reply)
+                    want = batch if got >= count else max(1, min(batch, 2 * got))
                 finally:
                     self.release(count)
         finally:
             await reader.aclose()
 
-    def _submit_reply(self, reply: Any) -> None:
+    def _submit_reply(self, reply: Any) -> int:
+        """Queue the entries of an XREADGROUP reply; return how many there were."""
         items = reply.items() if isinstance(reply, dict) else reply
         group = self.group
         limit = self.settings.max_payload_bytes
@@ -347,6 +353,7 @@ class Consumer:
                     batch.append(Message(raw_id, raw_fields, stream, group, 1, limit))
                 self._last_seen[stream] = entries[-1][0]
         self.submit(batch)
+        return len(batch)
 
     async def _drain_own_pending(self) -> None:
         """Take back this consumer's own pending entries (after a restart under its name).

@@ -220,6 +220,30 @@ async def test_entries_taken_never_exceed_concurrency_with_several_read_loops(
 
 
 @pytest.mark.anyio
+async def test_reads_blocked_on_an_idle_stream_hold_one_slot_each(redis_url: str) -> None:
+    """On an idle stream each read loop's blocked read holds a single slot (after its first empty
+    read), leaving the rest to the reclaimer; a backlog gets whole batches again."""
+    app = App(redis_url)
+    done = 0
+
+    @app.handler("idle", group="g", concurrency=30)
+    async def work(msg: Message) -> None:
+        nonlocal done
+        done += 1
+
+    async with running(app, redis_url, readers=2, block_ms=100) as worker:
+        consumer = worker.consumers[0]
+        await anyio.sleep(0.5)  # a few empty reads on each loop
+        assert consumer.free_slots() == 30 - 2
+        reads_before = consumer.reads
+        await app.publish_many("idle", range(3000))
+        await wait_for(lambda: done >= 3000, what="3000 handled")
+        # 3000 entries at up to 10 per read (30 slots, 2 loops): ramping up from 1 costs a few
+        # extra reads, not one per entry.
+        assert consumer.reads - reads_before < 3000 / 10 + 50, consumer.reads - reads_before
+
+
+@pytest.mark.anyio
 async def test_settings_concurrency_overrides_the_handler_limit(redis_url: str) -> None:
     """Settings.concurrency (the --concurrency option) caps every handler below its own limit."""
     app = App(redis_url)
