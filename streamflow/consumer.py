@@ -290,8 +290,7 @@ class Consumer:
                                 "BLOCK", self.settings.block_ms, "STREAMS", *streams,
                                 *([">"] * len(streams))]
         # Each read loop asks for at most a share of the slots (a third with two loops), so
-        # the next read is already on its way while the slots work through the previous
-        # batch, and reads blocked on an idle stream leave slots free for the reclaimer.
+        # the next read is already on its way while the slots work through the previous batch.
         readers = self.settings.readers
         batch = max(1, min(self.settings.batch_size, self.concurrency // (readers + 1)))
         # After a read that came back short, ask for twice what it returned (at least 1):
