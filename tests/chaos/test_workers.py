@@ -276,8 +276,9 @@ def test_reclaimer_killed_mid_reclaim(servers: Servers, workers: Workers, ledger
                     recovery_s=mon.cleared[name], in_flight_window=held, notes={"held": held})
     result.assert_invariants()
     # The survivors reclaim the victim's entries in id order, after the older ghost entries: at
-    # worst once they got through the whole backlog (2 workers x 16 slots, 20 ms each).
-    assert mon.cleared[name] <= VIS + RECLAIM + MARGIN + n * 0.02 / 32, result.summary()
+    # worst once they got through the whole backlog (2 workers x 14 slots, 20 ms each: of each
+    # worker's 16 slots, its two read loops blocked on the idle stream hold one each).
+    assert mon.cleared[name] <= VIS + RECLAIM + MARGIN + n * 0.02 / 28, result.summary()
 
 
 def test_slow_handler_keeps_its_lease(servers: Servers, workers: Workers, ledger: Ledger) -> None:
