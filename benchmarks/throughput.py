@@ -162,32 +162,39 @@ _entry_cache: dict[tuple[str, int], Any] = {}
 
 def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, args: argparse.Namespace,
             bench: str) -> dict[str, Any]:
-    """Preload, consume in a child process, verify; return the result line (also emitted)."""
+    """Preload, consume in a child process, verify; return the result line (also emitted).
+
+    An implementation marked ``no_redis`` (the ``bare`` ceiling) skips the preload and the
+    group check: it is valid when its child did the work ``n`` times.
+    """
     name = impl["impl"]
-    if impl.get("no_redis"):
-        return _measure_no_redis(impl, scenario, n, run, args, bench)
-    stream = f"bench:{bench}:{name}:{scenario}:{run}"
-    entry = None
-    if impl.get("entries") is not None:
-        key = (name.split("-")[0], n)
-        if key not in _entry_cache:
-            _entry_cache[key] = impl["entries"](n)
-        entry = _entry_cache[key]
-    preload_s = preload(url, stream, n, entry=entry)
-    params = {**impl["params"], "url": url, "stream": stream, "group": GROUP, "n": n,
-              "scenario": scenario, "uvloop": bool(args.uvloop)}
+    no_redis = bool(impl.get("no_redis"))
+    params = {**impl["params"], "n": n, "scenario": scenario, "uvloop": bool(args.uvloop)}
+    redis_fields: dict[str, Any] = {"no_redis": True}
+    if not no_redis:
+        stream = f"bench:{bench}:{name}:{scenario}:{run}"
+        entry = None
+        if impl.get("entries") is not None:
+            key = (name.split("-")[0], n)
+            if key not in _entry_cache:
+                _entry_cache[key] = impl["entries"](n)
+            entry = _entry_cache[key]
+        preload_s = preload(url, stream, n, entry=entry)
+        params.update(url=url, stream=stream, group=GROUP)
     res = run_child(impl["target"], params, timeout=90 + n / 1000)
-    check = verify_group(url, stream, GROUP, n)
-    delete_keys(url, stream)
+    check: dict[str, Any] = {"valid": True}
+    if not no_redis:
+        check = verify_group(url, stream, GROUP, n)
+        delete_keys(url, stream)
+        redis_fields = {"pending": check.get("pending"), "lag": check.get("lag"),
+                        "preload_rate": round(n / preload_s)}
     valid = bool("error" not in res and res.get("acked") and res.get("handled") == n and check["valid"])
     seconds = res.get("seconds")
     line: dict[str, Any] = {
         "bench": bench, "scenario": scenario, "impl": name, "msgs": n, "run": run,
         "seconds": round(seconds, 4) if seconds else None,
-        "rate": round(n / seconds) if seconds else None, "valid": valid,
-        "pending": check.get("pending"), "lag": check.get("lag"),
-        "loop": "uvloop" if args.uvloop else "asyncio", "preload_rate": round(n / preload_s),
-        "load1": load1(),
+        "rate": round(n / seconds) if seconds else None, "valid": valid, **redis_fields,
+        "loop": "uvloop" if args.uvloop else "asyncio", "load1": load1(),
     }
     for k in ("handled_seconds", "reads", "high_water", "ack_flushes"):
         if res.get(k) is not None:
@@ -198,24 +205,6 @@ def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, arg
         line["why"] = res.get("error") or check.get("why") or f"handled={res.get('handled')}"
         if res.get("log"):
             progress(f"--- {name}/{scenario} child output ---\n{res['log']}")
-    emit(line)
-    return line
-
-
-def _measure_no_redis(impl: dict[str, Any], scenario: str, n: int, run: int, args: argparse.Namespace,
-                      bench: str) -> dict[str, Any]:
-    params = {**impl["params"], "n": n, "scenario": scenario, "uvloop": bool(args.uvloop)}
-    res = run_child(impl["target"], params, timeout=90 + n / 1000)
-    seconds = res.get("seconds")
-    valid = bool("error" not in res and res.get("handled") == n)
-    line: dict[str, Any] = {
-        "bench": bench, "scenario": scenario, "impl": impl["impl"], "msgs": n, "run": run,
-        "seconds": round(seconds, 4) if seconds else None,
-        "rate": round(n / seconds) if seconds else None, "valid": valid, "no_redis": True,
-        "loop": "uvloop" if args.uvloop else "asyncio", "load1": load1(),
-    }
-    if not valid:
-        line["why"] = res.get("error") or f"handled={res.get('handled')}"
     emit(line)
     return line
 

@@ -12,6 +12,7 @@ from typing import Any
 from .app import App
 from .cli_types import positive_float as _positive_float
 from .cli_types import positive_int as _positive_int
+from .config import LOOPS
 from .errors import AppLoadError, StreamflowError
 
 __all__ = ["load_app", "main"]
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="idle time after which a dead consumer's entries are reclaimed")
     tuning.add_argument("--consumer-name", metavar="NAME",
                         help="fixed consumer name (default: host-pid-random)")
-    tuning.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
+    tuning.add_argument("--loop", choices=LOOPS,
                         help="event loop (default auto: uvloop when installed, else asyncio)")
     logs = run.add_argument_group("logging")
     logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
