@@ -3,24 +3,30 @@
 from .app import App, HandlerSpec
 from .config import Settings
 from .errors import (
+    AdminError,
     AppLoadError,
     ConfigError,
+    HandlerTimeout,
     PayloadError,
     PayloadTooLarge,
+    PermissionDenied,
     Reject,
+    ServerBinaryNotFound,
     ServerUnavailable,
     StreamflowError,
+    UnknownStream,
 )
 from .message import Message
-from .permissions import PermissionDenied
 from .policies import Retention, Retry
 from .worker import Worker
 
 __all__ = [
+    "AdminError",
     "App",
     "AppLoadError",
     "ConfigError",
     "HandlerSpec",
+    "HandlerTimeout",
     "Message",
     "PayloadError",
     "PayloadTooLarge",
@@ -28,9 +34,11 @@ __all__ = [
     "Reject",
     "Retention",
     "Retry",
+    "ServerBinaryNotFound",
     "ServerUnavailable",
     "Settings",
     "StreamflowError",
+    "UnknownStream",
     "Worker",
 ]
 

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .errors import ServerBinaryNotFound
+
 __all__ = [
     "ServerBinaryNotFound",
     "ServerProcess",
@@ -51,10 +53,6 @@ _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 3
 #: Ports free_port() never hands out even if they look free (the usual shared Redis).
 _AVOID_PORTS = frozenset({6379})
-
-
-class ServerBinaryNotFound(RuntimeError):
-    """No redis-server / valkey-server binary could be found to start an embedded server."""
 
 
 class _PortInUse(RuntimeError):

@@ -1,26 +1,42 @@
-"""The exceptions streamflow raises, in one tree.
+"""Every exception streamflow raises, in one tree (the bottom of the import graph).
 
 ::
 
     StreamflowError
-    ├── ConfigError            a setting is invalid (raised at start-up, names the setting)
-    ├── AppLoadError           ``module:app`` cannot be imported or is not an App
-    ├── ServerUnavailable      the Redis server cannot be reached at start-up
-    ├── PayloadError           a message payload cannot be decoded or is too large
-    │   └── PayloadTooLarge    a payload exceeds ``max_payload_bytes``
-    └── Reject                 raised by a handler: dead-letter this message now, no retry
+    ├── ConfigError              a setting is invalid (raised at start-up, names the setting)
+    ├── AppLoadError             ``module:app`` cannot be imported or is not an App
+    ├── ServerUnavailable        the Redis server cannot be reached or refuses us at start-up
+    │   └── PermissionDenied     the Redis user lacks a permission the worker needs
+    ├── ServerBinaryNotFound     no redis-server / valkey-server binary for an embedded server
+    ├── AdminError               an operator command cannot do what was asked
+    │   └── UnknownStream        the named stream (or its dead-letter stream) does not exist
+    ├── PayloadError             a message payload cannot be decoded or is too large
+    │   └── PayloadTooLarge      a payload exceeds ``max_payload_bytes``
+    ├── HandlerTimeout           a handler ran longer than its ``timeout`` (a failed attempt)
+    └── Reject                   raised by a handler: dead-letter this message now, no retry
+
+Errors of redis-py are not wrapped on the hot path; they are classified by
+:mod:`streamflow.redis_errors` (by type where redis-py gives one) and translated into
+this tree at the boundaries that report to a user (start-up checks, admin commands).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
+    "AdminError",
     "AppLoadError",
     "ConfigError",
+    "HandlerTimeout",
     "PayloadError",
     "PayloadTooLarge",
+    "PermissionDenied",
     "Reject",
+    "ServerBinaryNotFound",
     "ServerUnavailable",
     "StreamflowError",
+    "UnknownStream",
 ]
 
 
@@ -33,8 +49,8 @@ class ConfigError(StreamflowError, ValueError):
 
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"invalid setting {setting}: {problem}")
-        self.setting = setting
-        self.problem = problem
+        self.setting = setting  # the setting's name as the user wrote it (or its env var)
+        self.problem = problem  # what is wrong with it, in one phrase
 
 
 class AppLoadError(StreamflowError):
@@ -45,12 +61,39 @@ class ServerUnavailable(StreamflowError):
     """The Redis server cannot be reached (wrong URL, server down, auth refused)."""
 
 
+class PermissionDenied(ServerUnavailable):
+    """The Redis user lacks a permission the worker needs (checked at start-up).
+
+    ``denied`` lists ``(command, key)`` pairs, e.g. ``("XCLAIM", "orders")``.
+    """
+
+    def __init__(self, message: str, denied: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.denied = list(denied)  # (command, key) pairs the server refused
+
+
+class ServerBinaryNotFound(StreamflowError):
+    """No redis-server / valkey-server binary could be found to start an embedded server."""
+
+
+class AdminError(StreamflowError):
+    """An admin command cannot do what was asked (the message says why)."""
+
+
+class UnknownStream(AdminError):
+    """The named stream (and its dead-letter stream) do not exist, or the key is no stream."""
+
+
 class PayloadError(StreamflowError):
     """A payload cannot be decoded (for example invalid JSON); such messages are dead-lettered."""
 
 
 class PayloadTooLarge(PayloadError):
     """A payload is larger than the configured ``max_payload_bytes``."""
+
+
+class HandlerTimeout(StreamflowError):
+    """A handler ran longer than its ``timeout``; counts as a failed attempt."""
 
 
 class Reject(StreamflowError):

