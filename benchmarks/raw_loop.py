@@ -43,6 +43,7 @@ from benchmarks.common import (
     redis_server,
     wait_group_done,
 )
+from benchmarks.measure import measure_all
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "raw-1": {"loops": 1, "nocb": False},
@@ -152,13 +153,11 @@ async def consume(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def raw_impl(variant: str) -> dict[str, Any]:
-    """Implementation spec for :func:`benchmarks.common.measure` (see throughput.py)."""
+    """Implementation spec for :func:`benchmarks.measure.measure`."""
     return {"impl": variant, "target": "benchmarks.raw_loop:consume", "params": dict(VARIANTS[variant])}
 
 
 def main() -> int:
-    from benchmarks.throughput import measure_all
-
     p = make_parser(__doc__.splitlines()[0], messages=200_000, runs=3)
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
     p.add_argument("--scenarios", default=",".join(SCENARIOS))

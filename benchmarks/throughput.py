@@ -19,7 +19,8 @@ After the table, the issue's targets are checked against the medians and printed
 Every run: preload the stream (not timed), start a fresh process that consumes until
 its handler ran N times and the group shows pending 0 and lag 0 (timed: ``seconds`` is
 from before the consumer connects until then), then the parent verifies the group
-again; a run that does not verify is ``valid: false`` and left out of the medians.
+again; a run that does not verify is ``valid: false`` and left out of the medians
+(see measure.py).
 
     python benchmarks/throughput.py [--messages 200000] [--runs 3] [--scenarios noop,sleep,json]
         [--impls streamflow,raw-1,raw-4,...] [--peer-messages 20000] [--uvloop] [--json-only]
@@ -27,7 +28,6 @@ again; a run that does not verify is ``valid: false`` and left out of the median
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -42,21 +42,15 @@ from benchmarks.common import (
     GROUP,
     SCENARIOS,
     cpu_work,
-    delete_keys,
     emit,
-    load1,
     machine_info,
     make_parser,
-    median,
     payload_bytes,
-    preload,
-    print_table,
     progress,
     redis_server,
-    run_child,
-    verify_group,
     wait_group_done,
 )
+from benchmarks.measure import measure_all
 from benchmarks.peers import PEERS, peer_impls
 from benchmarks.raw_loop import VARIANTS, Counter, raw_impl
 
@@ -155,59 +149,7 @@ def streamflow_impl(concurrency: int, settings: dict[str, Any] | None = None) ->
             "params": {"concurrency": concurrency, "settings": settings or {}}}
 
 
-# --------------------------------------------------------------------------- measuring
-
-_entry_cache: dict[tuple[str, int], Any] = {}
-
-
-def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, args: argparse.Namespace,
-            bench: str) -> dict[str, Any]:
-    """Preload, consume in a child process, verify; return the result line (also emitted).
-
-    An implementation marked ``no_redis`` (the ``bare`` ceiling) skips the preload and the
-    group check: it is valid when its child did the work ``n`` times.
-    """
-    name = impl["impl"]
-    no_redis = bool(impl.get("no_redis"))
-    params = {**impl["params"], "n": n, "scenario": scenario, "uvloop": bool(args.uvloop)}
-    redis_fields: dict[str, Any] = {"no_redis": True}
-    if not no_redis:
-        stream = f"bench:{bench}:{name}:{scenario}:{run}"
-        entry = None
-        if impl.get("entries") is not None:
-            key = (name.split("-")[0], n)
-            if key not in _entry_cache:
-                _entry_cache[key] = impl["entries"](n)
-            entry = _entry_cache[key]
-        preload_s = preload(url, stream, n, entry=entry)
-        params.update(url=url, stream=stream, group=GROUP)
-    res = run_child(impl["target"], params, timeout=90 + n / 1000)
-    check: dict[str, Any] = {"valid": True}
-    if not no_redis:
-        check = verify_group(url, stream, GROUP, n)
-        delete_keys(url, stream)
-        redis_fields = {"pending": check.get("pending"), "lag": check.get("lag"),
-                        "preload_rate": round(n / preload_s)}
-    valid = bool("error" not in res and res.get("acked") and res.get("handled") == n and check["valid"])
-    seconds = res.get("seconds")
-    line: dict[str, Any] = {
-        "bench": bench, "scenario": scenario, "impl": name, "msgs": n, "run": run,
-        "seconds": round(seconds, 4) if seconds else None,
-        "rate": round(n / seconds) if seconds else None, "valid": valid, **redis_fields,
-        "loop": "uvloop" if args.uvloop else "asyncio", "load1": load1(),
-    }
-    for k in ("handled_seconds", "reads", "high_water", "ack_flushes"):
-        if res.get(k) is not None:
-            line[k] = round(res[k], 4) if isinstance(res[k], float) else res[k]
-    if "concurrency" in impl["params"]:
-        line["concurrency"] = impl["params"]["concurrency"]
-    if not valid:
-        line["why"] = res.get("error") or check.get("why") or f"handled={res.get('handled')}"
-        if res.get("log"):
-            progress(f"--- {name}/{scenario} child output ---\n{res['log']}")
-    emit(line)
-    return line
-
+# --------------------------------------------------------------------------- targets
 
 #: Per-message peers: streamflow must do >= 50x their rate.
 PER_MESSAGE_PEERS = ("faststream", "taskiq")
@@ -234,62 +176,6 @@ def check_targets(summaries: dict[tuple[str, str], dict[str, Any]],
     if sleep and sleep["rate_median"]:
         add("sleep: streamflow msg/s", sleep["rate_median"], ">= 80,000", sleep["rate_median"] >= 80_000)
     return rows
-
-
-def measure_all(url: str, impls: list[dict[str, Any]], scenarios: list[str], args: argparse.Namespace,
-                bench: str = "throughput") -> list[dict[str, Any]]:
-    """Every scenario x implementation x run (runs interleaved); summaries, ratios and the table."""
-    results: list[dict[str, Any]] = []
-    for scenario in scenarios:
-        for run in range(1, args.runs + 1):
-            for impl in impls:
-                n = args.messages
-                if impl.get("peer"):
-                    n = min(n, args.peer_messages)
-                progress(f"[{bench}] {scenario} {impl['impl']} run {run}/{args.runs} ({n:,} msgs)")
-                results.append(measure(url, impl, scenario, n, run, args, bench))
-
-    summaries: dict[tuple[str, str], dict[str, Any]] = {}
-    for scenario in scenarios:
-        for impl in impls:
-            rows = [r for r in results if r["scenario"] == scenario and r["impl"] == impl["impl"]]
-            rates = [r["rate"] for r in rows if r["valid"]]
-            s = {"bench": bench, "summary": True, "scenario": scenario, "impl": impl["impl"],
-                 "msgs": rows[0]["msgs"] if rows else None, "runs": len(rows), "valid_runs": len(rates),
-                 "rate_median": median(rates), "rate_min": min(rates, default=None),
-                 "rate_max": max(rates, default=None)}
-            summaries[(scenario, impl["impl"])] = s
-            emit(s)
-    ratios: dict[tuple[str, str], float] = {}
-    for scenario in scenarios:
-        sf = summaries.get((scenario, "streamflow"))
-        if not sf or not sf["rate_median"]:
-            continue
-        for impl in impls:
-            other = summaries[(scenario, impl["impl"])]
-            if impl["impl"] == "streamflow" or not other["rate_median"]:
-                continue
-            value = sf["rate_median"] / other["rate_median"]
-            ratios[(scenario, impl["impl"])] = value
-            emit({"bench": bench, "scenario": scenario, "ratio": f"streamflow/{impl['impl']}",
-                  "value": round(value, 3)})
-
-    rows_out = []
-    for scenario in scenarios:
-        for impl in impls:
-            s = summaries[(scenario, impl["impl"])]
-            ratio = ratios.get((scenario, impl["impl"]))
-            rows_out.append([scenario, impl["impl"], s["msgs"], f"{s['valid_runs']}/{s['runs']}",
-                             s["rate_median"], s["rate_min"], s["rate_max"],
-                             f"{ratio:.2f}x" if ratio else ""])
-    print_table(f"{bench}: msg/s consumed + acked (median of valid runs; "
-                f"{'uvloop' if args.uvloop else 'asyncio'} loop)",
-                ["scenario", "impl", "msgs", "valid", "median", "min", "max", "streamflow/impl"],
-                rows_out, args.json_only)
-    if bench == "throughput":
-        print_table("targets (from the medians above)", ["target", "value", "wanted", "met"],
-                    check_targets(summaries, ratios, scenarios), args.json_only)
-    return results
 
 
 def main() -> int:
@@ -338,7 +224,7 @@ def main() -> int:
         for name, why in skipped.items():
             emit({"bench": "throughput", "impl": name, "skipped": why})
             progress(f"skipping {name}: {why}")
-        measure_all(url, impls, scenarios, args)
+        measure_all(url, impls, scenarios, args, bench="throughput", targets=check_targets)
     return 0
 
 

