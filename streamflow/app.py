@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import keys
 from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import DEFAULT_REDIS_URL, Settings, validate_name
 from .connection import Connection
@@ -47,9 +48,7 @@ class HandlerSpec:
 
     def dead_letter_stream(self, stream: str) -> str:
         """Name of the dead-letter stream for entries of ``stream``."""
-        if self.dead_letter is None:
-            return f"{stream}:dlq"
-        return self.dead_letter.replace("{stream}", stream)
+        return keys.dead_letter_stream(stream, self.dead_letter)
 
 
 class App:

@@ -16,9 +16,9 @@ import redis
 
 from streamflow import App, Reject, scripts
 from streamflow.cli import main
-from streamflow.consumer import RETRY_CONSUMER
 from streamflow.deadletter import build_record
 from streamflow.embedded import free_port
+from streamflow.keys import RETRY_CONSUMER
 from streamflow.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,108 @@
+"""Operator commands: ``streamflow info`` and ``streamflow dlq list|replay``.
+
+``streamflow info [STREAM ...]``
+    Streams (all keys of type stream when none are named, dead-letter streams
+    ``<stream>:dlq`` folded into their stream), their consumer groups (pending, lag,
+    oldest pending entry, entries parked on ``streamflow:retry`` waiting for their
+    backoff) and each group's consumers with their pending count and idle time.
+
+``streamflow dlq list STREAM``
+    The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``).
+
+``streamflow dlq replay STREAM (--id ID ... | --all)``
+    Re-publish records' original fields, byte for byte, to ``STREAM`` and delete them
+    from the dead-letter stream: one atomic script call (``scripts.REPLAY``) per record,
+    so a record is never both replayed and kept, nor replayed twice.
+
+Every command takes ``--redis-url`` (default ``STREAMFLOW_REDIS_URL`` or
+``redis://localhost:6379/0``) and ``--json`` (one JSON document on stdout). Passwords
+in URLs are never printed. The commands run synchronously: each call of a handler is
+one :func:`anyio.run` around a :class:`~streamflow.connection.Connection`.
+
+The package:
+
+* ``admin`` (this module): the argument parsers of the commands.
+* :mod:`~streamflow.admin.runner`: which server, one connection per command, and the
+  translation of redis-py errors into ``ServerUnavailable`` / ``AdminError``.
+* :mod:`~streamflow.admin.info`: ``info``'s data (``StreamInfo``...) and command.
+* :mod:`~streamflow.admin.dlq`: the ``dlq`` commands; reading and replaying records is
+  :mod:`streamflow.deadletter`'s.
+* :mod:`~streamflow.admin.render`: tables, durations, timestamps, JSON output.
+
+``AdminError`` and ``UnknownStream`` are defined in :mod:`streamflow.errors` and
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..cli_types import positive_int as _positive_int
+from ..errors import AdminError, UnknownStream
+from .dlq import cmd_dlq_list, cmd_dlq_replay
+from .info import cmd_info
+
+__all__ = [
+    "AdminError",
+    "UnknownStream",
+    "add_admin_commands",
+    "cmd_dlq_list",
+    "cmd_dlq_replay",
+    "cmd_info",
+]
+
+
+def add_admin_commands(sub: Any) -> None:
+    """Add ``info`` and ``dlq list|replay`` to the sub-command action of the ``streamflow`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    opts = common.add_argument_group("connection and output")
+    opts.add_argument(
+        "--redis-url", metavar="URL",
+        help="server URL (default: STREAMFLOW_REDIS_URL or redis://localhost:6379/0)",
+    )
+    opts.add_argument("--json", action="store_true", help="print one JSON document")
+
+    info = sub.add_parser(
+        "info", parents=[common], help="show streams, consumer groups, consumers and DLQs",
+        description="Show streams (all streams when none are named), their consumer groups "
+        "(pending, lag, oldest pending entry, entries waiting for retry), consumers and "
+        "dead-letter stream lengths.",
+    )
+    info.add_argument("streams", nargs="*", metavar="STREAM", help="streams to show (default all)")
+    info.set_defaults(handler=cmd_info)
+
+    dlq = sub.add_parser(
+        "dlq", help="list or replay dead-letter records",
+        description="List or replay the records of a stream's dead-letter stream.",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
+    dlq_opt = argparse.ArgumentParser(add_help=False)
+    dlq_opt.add_argument("stream", metavar="STREAM", help="the original stream")
+    dlq_opt.add_argument(
+        "--dlq", metavar="NAME",
+        help="dead-letter stream (default STREAM:dlq; {stream} is replaced by STREAM)",
+    )
+
+    lst = dlq_sub.add_parser(
+        "list", parents=[dlq_opt, common], help="list dead-letter records (oldest first)",
+        description="List the dead-letter records of STREAM, oldest first.",
+    )
+    lst.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                     help="show at most N records (default 100)")
+    lst.set_defaults(handler=cmd_dlq_list)
+
+    rep = dlq_sub.add_parser(
+        "replay", parents=[dlq_opt, common],
+        help="re-publish dead-letter records to their stream and remove them from the DLQ",
+        description="Re-publish the original fields of dead-letter records (byte for byte) "
+        "to STREAM and delete the records from the dead-letter stream, atomically per "
+        "record. Exit status 0 when every requested record was replayed, 1 when some "
+        "were not found or skipped.",
+    )
+    which = rep.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="ids", action="append", metavar="ID",
+                       help="dead-letter record id (as shown by dlq list); repeatable")
+    which.add_argument("--all", action="store_true",
+                       help="every record of STREAM present when the command starts")
+    rep.set_defaults(handler=cmd_dlq_replay)

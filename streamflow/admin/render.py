@@ -1,0 +1,195 @@
+"""How the operator commands print: aligned tables, durations, timestamps, JSON documents.
+
+Nothing here talks to Redis. Text that came from Redis (stream names, error messages)
+goes through :func:`clean` before it reaches a terminal, so control characters in a
+key or an exception message cannot move the cursor or hide output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..deadletter import DeadLetter, ReplayResult
+
+if TYPE_CHECKING:  # only annotations: info.py imports this module to print
+    from .info import StreamInfo
+
+__all__ = [
+    "clean",
+    "duration",
+    "emit_json",
+    "iso",
+    "record_json",
+    "render_info",
+    "render_records",
+    "render_replay",
+    "table",
+    "truncate",
+]
+
+ERROR_WIDTH = 60  # characters of the error shown in the ``dlq list`` table
+
+
+def emit_json(doc: Any) -> None:
+    """Print ``doc`` as one indented JSON document on stdout."""
+    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def clean(text: str) -> str:
+    """Make text safe for one table cell: control characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def truncate(text: str, width: int) -> str:
+    """``clean(text)``, cut to ``width`` characters with ``...`` when longer."""
+    text = clean(text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def duration(ms: int | None) -> str:
+    """Human duration: ``850ms``, ``12.3s``, ``5m12s``, ``3h04m``, ``2d03h``."""
+    if ms is None:
+        return "-"
+    ms = max(ms, 0)
+    if ms < 1000:
+        return f"{ms}ms"
+    sec = ms / 1000
+    if sec < 60:
+        return f"{sec:.1f}s"
+    whole = int(sec)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def iso(ms: int) -> str:
+    """A millisecond Unix time as ISO 8601 UTC (``...T12:00:00.123Z``); ``-`` for none."""
+    if ms <= 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
+    """Aligned plain-text table; columns whose index is in ``right`` are right-aligned."""
+    cells = [[clean(str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    right_set = set(right)
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i in right_set else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(row) for row in cells)])
+
+
+# -- info -----------------------------------------------------------------------------------
+
+
+def render_info(url: str, version: str, streams: list[StreamInfo]) -> str:
+    """The text of ``streamflow info``: a stream table, then groups, then consumers."""
+    head = f"{version} at {url}" if version else url
+    if not streams:
+        return f"{head}: no streams"
+    blocks = [head, ""]
+    blocks.append(table(
+        ["STREAM", "LENGTH", "FIRST ID", "LAST ID", "GROUPS", "DLQ", "DLQ LENGTH"],
+        [
+            [s.name, s.length if s.exists else "(missing)", s.first_id or "-", s.last_id or "-",
+             len(s.groups), s.dlq_name if s.dlq_length else "-", s.dlq_length]
+            for s in streams
+        ],
+        right=(1, 4, 6),
+    ))
+    group_rows: list[list[Any]] = []
+    consumer_rows: list[list[Any]] = []
+    for s in streams:
+        for g in s.groups:
+            oldest = g.oldest_pending
+            group_rows.append([
+                s.name, g.name, g.consumer_count, g.pending, g.waiting_for_retry,
+                "?" if g.lag is None else g.lag, g.last_delivered_id,
+                f"{duration(oldest['age_ms'])} ({oldest['id']})" if oldest else "-",
+            ])
+            for c in g.consumers:
+                consumer_rows.append([
+                    s.name, g.name, c.name, c.pending, duration(c.idle_ms),
+                    "waiting for retry" if c.is_retry else "",
+                ])
+    if group_rows:
+        blocks += ["", table(
+            ["STREAM", "GROUP", "CONSUMERS", "PENDING", "RETRY WAIT", "LAG", "LAST DELIVERED",
+             "OLDEST PENDING"],
+            group_rows, right=(2, 3, 4, 5),
+        )]
+    if consumer_rows:
+        blocks += ["", table(
+            ["STREAM", "GROUP", "CONSUMER", "PENDING", "IDLE", "NOTE"],
+            consumer_rows, right=(3, 4),
+        )]
+    return "\n".join(blocks)
+
+
+# -- dlq ------------------------------------------------------------------------------------
+
+
+def record_json(rec: DeadLetter) -> dict[str, Any]:
+    """One dead-letter record as ``dlq list --json`` shows it."""
+    return {
+        "dlq_id": rec.dlq_id, "stream": rec.stream, "id": rec.id, "group": rec.group,
+        "consumer": rec.consumer, "attempts": rec.attempts, "error_type": rec.error_type,
+        "error": rec.error, "failed_at_ms": rec.failed_at_ms, "failed_at": iso(rec.failed_at_ms),
+        "handler": rec.handler, "traceback": rec.traceback, "fields": rec.fields,
+    }
+
+
+def render_records(
+    stream: str, dlq: str, length: int, records: list[DeadLetter], more: bool, limit: int
+) -> str:
+    """The text of ``streamflow dlq list``: a count and a table of the records."""
+    if not records:
+        return f"{dlq}: no dead-letter records of stream {stream}"
+    lines = [f"{dlq}: {length} record{'s' if length != 1 else ''}", ""]
+    lines.append(table(
+        ["DLQ ID", "ORIGINAL ID", "GROUP", "ATTEMPTS", "ERROR TYPE", "ERROR", "FAILED AT"],
+        [
+            [r.dlq_id, r.id, r.group, r.attempts, r.error_type,
+             truncate(r.error, ERROR_WIDTH), iso(r.failed_at_ms)]
+            for r in records
+        ],
+        right=(3,),
+    ))
+    if more:
+        lines.append(f"\n(more records not shown; use --limit N above {limit})")
+    return "\n".join(lines)
+
+
+def render_replay(stream: str, dlq: str, result: ReplayResult) -> str:
+    """The text of ``streamflow dlq replay``: what was replayed, not found and skipped."""
+    n = len(result.replayed)
+    lines = [f"replayed {n} record{'s' if n != 1 else ''} from {dlq} to {stream}"]
+    for r in result.replayed:
+        lines.append(f"  {r['dlq_id']} -> {stream} {r['new_id']} (originally {r['id'] or '?'})")
+    if result.not_found:
+        lines.append(
+            f"not found in {dlq}: {len(result.not_found)} ({', '.join(result.not_found)})"
+        )
+    for s in result.skipped:
+        lines.append(f"skipped {s['dlq_id']}: {clean(s['reason'])}")
+    return "\n".join(lines)
