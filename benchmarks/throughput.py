@@ -95,11 +95,10 @@ async def consume_streamflow(params: dict[str, Any]) -> dict[str, Any]:
         acked = await wait_group_done(url, stream, group)
         t_acked = time.perf_counter()
         worker.stop()
-    consumer = worker.consumers[0]
+    stats = worker.stats()
     return {"handled": counter.count, "seconds": t_acked - t0, "handled_seconds": t_handled - t0,
-            "acked": acked, "reads": getattr(consumer, "reads", None),
-            "high_water": consumer.high_water,
-            "ack_flushes": worker.acker.flushes if worker.acker is not None else None}
+            "acked": acked, "reads": stats.reads, "high_water": stats.high_water,
+            "ack_flushes": stats.ack_flushes}
 
 
 async def consume_bare(params: dict[str, Any]) -> dict[str, Any]:

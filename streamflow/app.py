@@ -5,50 +5,29 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from . import keys
 from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import DEFAULT_REDIS_URL, Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
-from .message import Message
 from .policies import Retention, Retry
 from .rawpipe import RawPipe
+from .spec import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    Handler,
+    HandlerSpec,
+    Hook,
+    check_handler_options,
+)
 
 __all__ = ["App", "Handler", "HandlerSpec"]
 
-Handler = Callable[[Message], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
-Hook = Callable[[], Awaitable[Any]]
 
 _GROUP_CLEAN_RE = re.compile(r"[^A-Za-z0-9_.:\-]")
-_START_ID_RE = re.compile(r"^(\$|0|\d+(-\d+)?)$")
-
-DEFAULT_CONCURRENCY = 100
-DEFAULT_TIMEOUT = 180.0
-
-
-@dataclass(frozen=True)
-class HandlerSpec:
-    """Everything the worker needs to know about one registered handler."""
-
-    func: Handler
-    name: str
-    streams: tuple[str, ...]
-    group: str
-    concurrency: int = DEFAULT_CONCURRENCY
-    timeout: float | None = DEFAULT_TIMEOUT
-    retry: Retry = field(default_factory=Retry)
-    dead_letter: str | None = None
-    start_id: str = "$"
-    retention: Retention | None = None
-
-    def dead_letter_stream(self, stream: str) -> str:
-        """Name of the dead-letter stream for entries of ``stream``."""
-        return keys.dead_letter_stream(stream, self.dead_letter)
 
 
 class App:
@@ -80,8 +59,9 @@ class App:
         self.handlers: list[HandlerSpec] = []  # in registration order
         self.startup_hooks: list[Hook] = []  # awaited before consumers start
         self.shutdown_hooks: list[Hook] = []  # awaited after consumers stopped
-        self._max_payload_bytes = max_payload_bytes  # None: from settings
-        self._connection: Connection | None = None  # producer connection, opened lazily
+        self._max_payload_bytes = max_payload_bytes  # None: from settings, on first publish
+        self._connection: Connection | None = None  # where publishing goes now
+        self._own_connection: Connection | None = None  # opened by the app itself, lazily
 
     # -- registration -------------------------------------------------------------------
 
@@ -107,20 +87,8 @@ class App:
         replaced by the stream name). ``start_id`` is where a new group starts: ``$``
         (only new entries, the default) or ``0`` (the whole stream).
         """
-        if not streams:
-            raise ConfigError("handler streams", "give at least one stream name")
-        for s in streams:
-            validate_name("stream name", s)
-        if len(set(streams)) != len(streams):
-            raise ConfigError("handler streams", f"stream listed twice in {streams!r}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError("concurrency", f"must be an int >= 1, got {concurrency!r}")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise ConfigError("timeout", f"must be a number > 0 or None, got {timeout!r}")
-        if not _START_ID_RE.match(start_id):
-            raise ConfigError("start_id", f"{start_id!r} is not $, 0 or a stream id")
-        if dead_letter is not None:
-            validate_name("dead_letter", dead_letter.replace("{stream}", "x"))
+        check_handler_options(streams, concurrency=concurrency, timeout=timeout,
+                              start_id=start_id, dead_letter=dead_letter)
 
         def decorate(func: H) -> H:
             registered: H = func
@@ -181,31 +149,52 @@ class App:
 
     @property
     def connection(self) -> Connection:
-        """The app's connection (publishing, and the worker when run in-process)."""
-        if self._connection is None:
-            s = self.settings()
-            self._connection = Connection(
-                s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
-                connect_timeout=s.connect_timeout,
-            )
+        """The connection publishing goes through: a serving worker's, else the app's own.
+
+        The app's own is opened on first use from its settings and closed by :meth:`aclose`.
+        """
+        conn = self._connection
+        if conn is None or conn.closed:
+            own = self._own_connection
+            if own is None or own.closed:
+                s = self.settings()
+                own = self._own_connection = Connection(
+                    s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
+                    connect_timeout=s.connect_timeout,
+                )
+            conn = self._connection = own
+        return conn
+
+    def current_connection(self) -> Connection | None:
+        """The connection publishing goes through now (None until one is needed)."""
         return self._connection
 
-    def use_connection(self, connection: Connection) -> None:
-        """Make the app publish through ``connection`` (the worker shares its own this way)."""
+    def bind_connection(self, connection: Connection | None) -> None:
+        """Publish through ``connection`` (a worker shares its own this way while it serves).
+
+        The app does not close a connection bound this way; whoever opened it does.
+        """
         self._connection = connection
 
     @property
     def max_payload_bytes(self) -> int:
-        """Largest payload ``publish`` accepts."""
-        if self._max_payload_bytes is not None:
-            return self._max_payload_bytes
-        return Settings.load().max_payload_bytes
+        """Largest payload ``publish`` accepts: ``App(max_payload_bytes=...)``, else the
+        ``STREAMFLOW_MAX_PAYLOAD_BYTES`` setting, resolved once on first use."""
+        if self._max_payload_bytes is None:
+            self._max_payload_bytes = Settings.load().max_payload_bytes
+        return self._max_payload_bytes
 
     async def aclose(self) -> None:
-        """Close the producer connection (and stop an embedded server it started)."""
-        conn, self._connection = self._connection, None
-        if conn is not None:
-            await conn.aclose()
+        """Close the app's own connection (and stop an embedded server it started).
+
+        A connection bound by a worker is the worker's to close. The app can publish
+        again afterwards: a new connection is opened on first use.
+        """
+        own, self._own_connection = self._own_connection, None
+        if self._connection is own:
+            self._connection = None
+        if own is not None:
+            await own.aclose()
 
     async def __aenter__(self) -> App:
         return self

@@ -147,10 +147,15 @@ class Connection:
         self.server: Any = None  # embedded ServerProcess when url is embedded://
         self._client: aioredis.Redis | None = None  # built on first use
         self._lock = anyio.Lock()  # one opener at a time
-        self._closed = False
+        self._closed = False  # set by aclose()
 
     def __repr__(self) -> str:
         return f"<Connection {self.safe_url}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called (a closed connection cannot be reopened)."""
+        return self._closed
 
     @property
     def safe_url(self) -> str:

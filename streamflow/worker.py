@@ -13,21 +13,20 @@ import os
 import secrets
 import signal
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from .acks import AckBuffer
 from .config import Settings
 from .connection import Connection
-from .consumer import Consumer
 from .errors import ConfigError
 from .permissions import check_permissions
-
-if TYPE_CHECKING:
-    from .app import App
+from .runtime.acks import AckBuffer
+from .runtime.consumer import Consumer
+from .spec import Registry
+from .stats import WorkerStats
 
 __all__ = ["Worker", "default_consumer_name", "run_worker"]
 
@@ -41,22 +40,26 @@ def default_consumer_name() -> str:
 
 
 class Worker:
-    """Runs an :class:`~streamflow.App`'s handlers until stopped."""
+    """Runs the handlers of an application (an :class:`~streamflow.App`) until stopped.
+
+    The worker takes the handler specs and hooks through the small
+    :class:`~streamflow.spec.Registry` protocol and never imports the App.
+    """
 
     def __init__(
-        self, app: App, settings: Settings | None = None, *, handle_signals: bool = True
+        self, app: Registry, settings: Settings | None = None, *, handle_signals: bool = True
     ) -> None:
-        self.app = app
-        self.settings = settings or app.settings()
+        self.app = app  # handlers, hooks, and where publishing goes while serving
+        self.settings = settings or app.settings()  # resolved once, read as attributes
         self.name = self.settings.consumer_name or default_consumer_name()  # consumer name
         self.handle_signals = handle_signals  # install SIGINT/SIGTERM handlers in serve()
         self.consumers: list[Consumer] = []  # one per handler, built in serve()
-        self.acker: AckBuffer | None = None
-        self.connection: Connection | None = None
+        self.acker: AckBuffer | None = None  # built in serve(), on the worker's client
+        self.connection: Connection | None = None  # the worker's connection while serving
         self.ready = anyio.Event()  # set once every consumer has created its groups
         self._stop = anyio.Event()  # set by stop(): begin the graceful drain
         self._forced = False  # set by a second stop(): cancel handlers now
-        self.exit_reason = ""
+        self.exit_reason = ""  # why the worker stopped (signal name, "requested", ...)
 
     @property
     def stopping(self) -> bool:
@@ -66,7 +69,16 @@ class Worker:
     @property
     def handled(self) -> int:
         """Handlers that returned successfully so far, over all consumers."""
-        return sum(c.handled for c in self.consumers)
+        return sum(c.counters.handled for c in self.consumers)
+
+    def stats(self) -> WorkerStats:
+        """A snapshot of every counter: per handler, and the ack buffer's."""
+        acker = self.acker
+        return WorkerStats(
+            handlers=tuple(c.stats() for c in self.consumers),
+            acked=acker.acked if acker else 0, ack_flushes=acker.flushes if acker else 0,
+            unacked=len(acker) if acker else 0,
+        )
 
     def stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown; a second call cancels running handlers at once."""
@@ -87,23 +99,22 @@ class Worker:
         if not self.app.handlers:
             raise ConfigError("app", "no handlers registered (use @app.handler(...))")
         s = self.settings
-
-        def new() -> Connection:
-            return Connection(
+        previous = self.app.current_connection()
+        if (previous is not None and not previous.closed
+                and s.redis_url.lower().startswith("embedded://")
+                and previous.url == s.redis_url):
+            # One embedded server for the app's publishing and all its workers.
+            conn, owned = previous, False
+        else:
+            conn = Connection(
                 s.redis_url, socket_timeout=s.socket_timeout + s.block_ms / 1000,
                 connect_timeout=s.connect_timeout,
             )
-
-        if self.app._connection is None:
-            # app.publish (from handlers too) must reach the server this worker reads;
-            # the app owns this connection and closes it in App.aclose().
-            self.app.use_connection(new())
-        if s.redis_url.lower().startswith("embedded://") and self.app.connection.url == s.redis_url:
-            # One embedded server for the app's publishing and all its workers.
-            conn, owned = self.app.connection, False
-        else:
-            conn, owned = new(), True
+            owned = True
         self.connection = conn
+        # app.publish (from handlers too) reaches the server this worker reads while it
+        # serves; afterwards the app publishes through what it had before.
+        self.app.bind_connection(conn)
         try:
             await conn.check()
             client = await conn.client()
@@ -120,6 +131,10 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await hook()
         finally:
+            if self.app.current_connection() is conn:
+                self.app.bind_connection(
+                    previous if previous is not None and not previous.closed else None
+                )
             if owned:
                 await conn.aclose()
 
@@ -170,12 +185,11 @@ class Worker:
             with anyio.move_on_after(s.socket_timeout + 1):
                 await acker_done.wait()
             tg.cancel_scope.cancel()
+        stats = self.stats()
         log.info(
             "worker_stopped",
-            handled=self.handled,
-            failed=sum(c.failed for c in self.consumers),
-            dead_lettered=sum(c.dead_lettered for c in self.consumers),
-            acked=acker.acked, ack_flushes=acker.flushes, unacked=len(acker),
+            handled=stats.handled, failed=stats.failed, dead_lettered=stats.dead_lettered,
+            acked=stats.acked, ack_flushes=stats.ack_flushes, unacked=stats.unacked,
         )
 
     async def _watch_signals(
@@ -223,7 +237,7 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
     return None
 
 
-def run_worker(app: App, settings: Settings) -> None:
+def run_worker(app: Registry, settings: Settings) -> None:
     """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve."""
     from .config import use_uvloop
     from .logging import configure_logging

@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamflow import App, ConfigError, Message, Retry, Settings
-from streamflow.consumer import RETRY_CONSUMER
 from streamflow.deadletter import parse_record
+from streamflow.keys import RETRY_CONSUMER
 from streamflow.testing import FAST_SETTINGS, running_worker
 
 #: Settings that keep the in-process workers quick to react and quick to stop.
@@ -125,13 +125,12 @@ async def test_every_published_message_is_handled_exactly_once_and_acked(any_red
         async with running(app, any_redis_url) as worker:
             ids = await app.publish_many("jobs", ({"i": i} for i in range(n)))
             await wait_for(lambda: sum(counts.values()) >= n, what=f"{n} handler calls")
-        consumer = worker.consumers[0]
         assert set(counts) == set(ids)
         assert max(counts.values()) == 1
         assert values == set(range(n))
-        assert consumer.handled == n
-        assert consumer.failed == 0
-        assert consumer.dead_lettered == 0
+        assert worker.stats().handled == n
+        assert worker.stats().failed == 0
+        assert worker.stats().dead_lettered == 0
         assert worker.acker is not None
         assert (worker.acker.acked, worker.acker.missing) == (n, 0)
         assert (await r.xpending("jobs", "workers"))["pending"] == 0
@@ -191,7 +190,7 @@ async def test_in_flight_handlers_never_exceed_concurrency(redis_url: str) -> No
         await app.publish_many("bounded", range(200))
         await wait_for(lambda: done >= 200, what="200 handled")
     assert peak == concurrency
-    assert worker.consumers[0].high_water == concurrency
+    assert worker.stats().high_water == concurrency
 
 
 @pytest.mark.anyio
@@ -208,9 +207,9 @@ async def test_entries_taken_never_exceed_concurrency_with_several_read_loops(
     @app.handler("taken", group="g", concurrency=concurrency)
     async def work(msg: Message) -> None:
         nonlocal done
-        seen.append(worker.consumers[0].in_flight)
+        seen.append(worker.stats().in_flight)
         await anyio.sleep(0.002)
-        seen.append(worker.consumers[0].in_flight)
+        seen.append(worker.stats().in_flight)
         done += 1
 
     async with running(app, redis_url, readers=readers, batch_size=1000) as worker:
@@ -232,15 +231,14 @@ async def test_reads_blocked_on_an_idle_stream_hold_one_slot_each(redis_url: str
         done += 1
 
     async with running(app, redis_url, readers=2, block_ms=100) as worker:
-        consumer = worker.consumers[0]
         await anyio.sleep(0.5)  # a few empty reads on each loop
-        assert consumer.free_slots() == 30 - 2
-        reads_before = consumer.reads
+        assert worker.stats().handlers[0].free == 30 - 2
+        reads_before = worker.stats().reads
         await app.publish_many("idle", range(3000))
         await wait_for(lambda: done >= 3000, what="3000 handled")
         # 3000 entries at up to 10 per read (30 slots, 2 loops): ramping up from 1 costs a few
         # extra reads, not one per entry.
-        assert consumer.reads - reads_before < 3000 / 10 + 50, consumer.reads - reads_before
+        assert worker.stats().reads - reads_before < 3000 / 10 + 50, worker.stats().reads - reads_before
 
 
 @pytest.mark.anyio
@@ -262,7 +260,7 @@ async def test_settings_concurrency_overrides_the_handler_limit(redis_url: str) 
         await app.publish_many("capped", range(30))
         await wait_for(lambda: done >= 30, what="30 handled")
     assert peak == 3
-    assert worker.consumers[0].high_water == 3
+    assert worker.stats().high_water == 3
 
 
 # -- 5. streams and groups ----------------------------------------------------------------------
@@ -357,13 +355,12 @@ async def test_failing_handler_does_not_stop_the_worker_and_is_not_acked(
             await app.publish_many("mixed", range(10))
             bad_id = await app.publish("mixed", "bad")
             await app.publish_many("mixed", range(10, 20))
-            consumer = worker.consumers[0]
-            await wait_for(lambda: len(ok) == 20 and consumer.retried == 1, what="20 ok, 1 parked")
+            await wait_for(lambda: len(ok) == 20 and worker.stats().retried == 1, what="20 ok, 1 parked")
             # the worker is still consuming after the failure
             await app.publish("mixed", 99)
             await wait_for(lambda: 99 in ok, what="message after the failure")
-        assert consumer.failed == 1
-        assert consumer.dead_lettered == 0
+        assert worker.stats().failed == 1
+        assert worker.stats().dead_lettered == 0
         rows = await r.xpending_range("mixed", "g", "-", "+", 10)
         assert [(row["message_id"], row["consumer"]) for row in rows] == [(bad_id, RETRY_CONSUMER)]
         assert await r.xlen("mixed:dlq") == 0
@@ -384,7 +381,7 @@ async def test_failed_entry_is_retried_then_dead_lettered(redis_url: str) -> Non
     async with client(redis_url) as r:
         async with running(app, redis_url) as worker:
             bad_id = await app.publish("flaky", {"x": 1})
-            await wait_for(lambda: worker.consumers[0].dead_lettered == 1, what="dead letter")
+            await wait_for(lambda: worker.stats().dead_lettered == 1, what="dead letter")
         assert attempts == [1, 2, 3]
         assert (await r.xpending("flaky", "g"))["pending"] == 0
     records = await _dlq_records(redis_url, "flaky:dlq")
@@ -550,11 +547,11 @@ async def test_invalid_json_payload_is_dead_lettered_and_worker_continues(
     async with client(any_redis_url) as r:
         async with running(app, any_redis_url) as worker:
             bad_id = await r.execute_command("XADD", "orders", "*", "sf:json", "{not json")
-            await wait_for(lambda: worker.consumers[0].dead_lettered == 1, what="dead letter")
+            await wait_for(lambda: worker.stats().dead_lettered == 1, what="dead letter")
             await app.publish("orders", {"order_id": 7})
             await wait_for(lambda: good == [{"order_id": 7}], what="next order")
         assert calls == 2
-        assert worker.consumers[0].retried == 0
+        assert worker.stats().retried == 0
         assert (await r.xpending("orders", "billing"))["pending"] == 0
     records = await _dlq_records(any_redis_url, "orders:dlq")
     assert len(records) == 1
@@ -595,7 +592,7 @@ async def test_grace_period_expiry_cancels_handlers_and_leaves_entries_pending(
         elapsed = time.monotonic() - t0
         assert elapsed < 5, f"stop took {elapsed:.1f}s with grace_period=0.3"
         assert sorted(cancelled) == sorted(ids)
-        assert worker.consumers[0].handled == 0
+        assert worker.stats().handled == 0
         rows = await r.xpending_range("stuck", "g", "-", "+", 10)
         assert sorted(row["message_id"] for row in rows) == sorted(ids)
         assert {row["consumer"] for row in rows} == {worker.name}

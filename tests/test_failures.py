@@ -49,15 +49,14 @@ async def test_fails_twice_then_succeeds_with_backoff(any_redis_url: str) -> Non
                    handle_signals=False)
         async with raw_client(any_redis_url) as client, serving(w):
             await app.publish("jobs", {"n": 1})
-            c = w.consumers[0]
-            await until(lambda: c.handled == 1, what="third attempt to succeed")
+            await until(lambda: w.stats().handled == 1, what="third attempt to succeed")
             assert w.acker is not None
             await until(lambda: w.acker.acked == 1, what="the ack")
             assert await pending_count(client, "jobs", "g") == 0
             assert int(await client.execute_command("XLEN", "jobs:dlq")) == 0
 
     assert [a for a, _ in seen] == [1, 2, 3]
-    assert (c.handled, c.failed, c.retried, c.dead_lettered) == (1, 2, 2, 0)
+    assert (w.stats().handled, w.stats().failed, w.stats().retried, w.stats().dead_lettered) == (1, 2, 2, 0)
     assert w.acker.acked == 1
     # The gap between attempt k and k+1 is never shorter than the backoff delay after
     # attempt k (0.3 s, then 0.6 s; 1 ms tolerance for Redis' millisecond idle clock) and
@@ -91,8 +90,7 @@ async def test_retries_reach_a_single_slot_while_readers_wait_on_an_idle_stream(
                                       readers=readers), handle_signals=False)
         async with serving(w):
             await app.publish("jobs", {"n": 1})
-            c = w.consumers[0]
-            await until(lambda: c.handled == 1, what="the retry to succeed")
+            await until(lambda: w.stats().handled == 1, what="the retry to succeed")
     assert [a for a, _ in seen] == [1, 2]
     gap = seen[1][1] - seen[0][1]
     assert gap <= backoff + reclaim + 5 * block_ms / 1000 + 0.5, gap
@@ -115,7 +113,7 @@ async def test_always_failing_goes_to_dlq_with_metadata(any_redis_url: str) -> N
             t0 = int(time.time() * 1000)
             json_id = await app.publish("orders", {"order_id": 7})
             raw_id = await app.publish_fields("orders", {"k": "v", "bin": b"\xff\x00\x01"})
-            await until(lambda: w.consumers[0].dead_lettered == 2, what="both dead-lettered")
+            await until(lambda: w.stats().dead_lettered == 2, what="both dead-lettered")
             t1 = int(time.time() * 1000)
             assert await pending_count(client, "orders", "billing") == 0
             records = await _dlq_records(client, "orders:dlq")
@@ -170,13 +168,13 @@ async def test_timeout_is_a_failed_attempt(redis_url: str) -> None:
         w = Worker(app, fast_settings(app, redis_url), handle_signals=False)
         async with raw_client(redis_url) as client, serving(w):
             entry_id = await app.publish("slow", {"n": 1})
-            await until(lambda: w.consumers[0].dead_lettered == 1, what="dead-lettered")
+            await until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
             assert await pending_count(client, "slow", "g") == 0
             records = await _dlq_records(client, "slow:dlq")
 
     assert started == [1, 2]
     assert finished == []
-    assert w.consumers[0].failed == 2
+    assert w.stats().failed == 2
     assert len(records) == 1
     rec = parse_record(*records[0])
     assert (rec.id, rec.attempts, rec.error_type) == (entry_id, 2, "HandlerTimeout")
@@ -213,14 +211,14 @@ async def test_reject_and_bad_payloads_dead_letter_at_once(redis_url: str) -> No
                 "big": (await client.execute_command(
                     "XADD", "big", "*", "sf:json", json.dumps("x" * 200))).decode(),
             }
-            await until(lambda: sum(c.dead_lettered for c in w.consumers) == 3,
+            await until(lambda: w.stats().dead_lettered == 3,
                         what="three dead-lettered entries")
             for stream in ids:
                 assert await pending_count(client, stream, "g") == 0
             records = {s: await _dlq_records(client, f"{s}:dlq") for s in ids}
 
     assert calls == {"r": [1], "j": [1], "big": [1]}
-    assert sum(c.retried for c in w.consumers) == 0
+    assert w.stats().retried == 0
     expected = {"r": ("Reject", "not for us"), "j": ("PayloadError", "invalid JSON payload"),
                 "big": ("PayloadTooLarge", "more than max_payload_bytes=64")}
     for stream, (error_type, error) in expected.items():
@@ -244,8 +242,7 @@ async def test_oversize_raw_entry_dead_letters(redis_url: str) -> None:
         w = Worker(app, fast_settings(app, redis_url, max_payload_bytes=64), handle_signals=False)
         async with raw_client(redis_url) as client, serving(w):
             await client.execute_command("XADD", "raw", "*", "blob", "x" * 500)
-            c = w.consumers[0]
-            await until(lambda: c.handled + c.dead_lettered == 1, what="the entry to finish")
+            await until(lambda: w.stats().handled + w.stats().dead_lettered == 1, what="the entry to finish")
             records = await _dlq_records(client, "raw:dlq")
 
     assert seen == []
@@ -269,7 +266,7 @@ async def test_dlq_replay_round_trip(any_redis_url: str) -> None:
         w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
         async with raw_client(any_redis_url) as client, serving(w):
             first_id = await app.publish_fields("tasks", {"a": "1", "bin": b"\x00\xfe"})
-            await until(lambda: w.consumers[0].dead_lettered == 1, what="dead-lettered")
+            await until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
             (dlq_id, raw), = await _dlq_records(client, "tasks:dlq")
             rec = parse_record(dlq_id, raw)
             assert rec.original == [b"a", b"1", b"bin", b"\x00\xfe"]
@@ -280,7 +277,7 @@ async def test_dlq_replay_round_trip(any_redis_url: str) -> None:
             assert new_id
             new_id = new_id.decode()
             assert new_id > first_id
-            await until(lambda: w.consumers[0].handled == 1, what="the replayed entry")
+            await until(lambda: w.stats().handled == 1, what="the replayed entry")
             assert await _dlq_records(client, "tasks:dlq") == []
             again = await client.eval(scripts.REPLAY, 2, "tasks:dlq", "tasks", rec.dlq_id,
                                       *rec.original)

@@ -30,9 +30,8 @@ from failapps.support import (
 )
 
 from streamflow import App, Message, Retry, Worker, scripts
-from streamflow.consumer import RETRY_CONSUMER
 from streamflow.deadletter import parse_record
-from streamflow.reclaimer import Reclaimer
+from streamflow.keys import RETRY_CONSUMER
 
 pytestmark = pytest.mark.anyio
 
@@ -193,7 +192,7 @@ async def test_concurrent_reclaimers_never_overlap(any_redis_url: str) -> None:
     for entry_id, intervals in runs.items():
         assert _no_overlap(intervals), (entry_id, intervals)
     assert all(a == [2] for a in attempts.values()), attempts
-    assert sum(c.handled for w in workers for c in w.consumers) == n
+    assert sum(w.stats().handled for w in workers) == n
 
 
 async def test_entry_that_keeps_killing_workers_is_dead_lettered(any_redis_url: str) -> None:
@@ -213,8 +212,7 @@ async def test_entry_that_keeps_killing_workers_is_dead_lettered(any_redis_url: 
 
         w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
         async with serving(w):
-            c = w.consumers[0]
-            await until(lambda: c.dead_lettered == 1 and c.handled == 1, what="reclaim")
+            await until(lambda: w.stats().dead_lettered == 1 and w.stats().handled == 1, what="reclaim")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
             await until(acked, what="an empty PEL")
@@ -308,7 +306,7 @@ async def test_restart_same_name_drains_1000_plus_once(redis_url: str) -> None:
 
     duplicates = {i: r for i, r in runs.items() if len(r) > 1}
     assert duplicates == {}, f"{len(duplicates)} entries ran more than once"
-    assert w.consumers[0].dead_lettered == 0
+    assert w.stats().dead_lettered == 0
     assert set(runs) == set(ids)
     assert left == 0
     assert all(r[0][2] == 2 for r in runs.values())
@@ -336,8 +334,7 @@ async def test_deleted_pending_of_dead_consumer_are_acked_as_trimmed(any_redis_u
 
         w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
         async with serving(w):
-            c = w.consumers[0]
-            await until(lambda: c.handled == 5 and c.trimmed == 5, what="handled and trimmed")
+            await until(lambda: w.stats().handled == 5 and w.stats().trimmed == 5, what="handled and trimmed")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
             await until(acked, what="acks")
@@ -345,7 +342,7 @@ async def test_deleted_pending_of_dead_consumer_are_acked_as_trimmed(any_redis_u
             await until(lambda: late in seen, what="an entry published afterwards")
 
     assert sorted(seen) == sorted([*(set(ids) - gone), late])
-    assert c.trimmed == 5
+    assert w.stats().trimmed == 5
 
 
 async def test_deleted_own_pending_are_acked_on_restart(any_redis_url: str) -> None:
@@ -387,11 +384,10 @@ async def test_deleted_own_pending_counted_as_trimmed(any_redis_url: str) -> Non
         w = Worker(app, fast_settings(app, any_redis_url, consumer_name="fixed",
                                       visibility_timeout=30), handle_signals=False)
         async with serving(w):
-            c = w.consumers[0]
-            await until(lambda: c.handled == 2, what="the surviving entries")
+            await until(lambda: w.stats().handled == 2, what="the surviving entries")
             await anyio.sleep(0.3)  # a few reclaim passes
 
-    assert c.trimmed == 2
+    assert w.stats().trimmed == 2
 
 
 async def test_deleted_while_parked_for_retry_is_acked_as_trimmed(any_redis_url: str) -> None:
@@ -407,18 +403,17 @@ async def test_deleted_while_parked_for_retry_is_acked_as_trimmed(any_redis_url:
 
         w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
         async with serving(w):
-            c = w.consumers[0]
             entry_id = await app.publish("jobs", {"n": 1})
-            await until(lambda: c.retried == 1, what="the entry parked for retry")
+            await until(lambda: w.stats().retried == 1, what="the entry parked for retry")
             rows = await pending_rows(client, "jobs", "g")
             assert [(r[0], r[1]) for r in rows] == [(entry_id, RETRY_CONSUMER)]
             await client.execute_command("XDEL", "jobs", entry_id)
-            await until(lambda: c.trimmed == 1, what="the deleted entry to be found")
+            await until(lambda: w.stats().trimmed == 1, what="the deleted entry to be found")
             assert await pending_count(client, "jobs", "g") == 0
             await anyio.sleep(0.3)
 
     assert calls == [1]
-    assert c.dead_lettered == 0
+    assert w.stats().dead_lettered == 0
 
 
 async def test_deleted_while_running_does_not_crash(any_redis_url: str) -> None:
@@ -440,16 +435,15 @@ async def test_deleted_while_running_does_not_crash(any_redis_url: str) -> None:
             first = await app.publish("jobs", {"n": 1})
             await gate.wait()
             await client.execute_command("XDEL", "jobs", first)
-            c = w.consumers[0]
-            await until(lambda: c.handled == 1, what="the first handler")
+            await until(lambda: w.stats().handled == 1, what="the first handler")
             second = await app.publish("jobs", {"n": 2})
-            await until(lambda: c.handled == 2, what="the second handler")
+            await until(lambda: w.stats().handled == 2, what="the second handler")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
             await until(acked, what="an empty PEL")
 
     assert seen == [first, second]
-    assert c.failed == 0
+    assert w.stats().failed == 0
 
 
 # -- idle consumers ---------------------------------------------------------------------------
@@ -466,7 +460,7 @@ async def test_prune_removes_only_idle_consumers_without_pending(any_redis_url: 
 
         settings = fast_settings(app, any_redis_url, dead_consumer_after=0.3)
         consumer = make_consumer(app, client, settings, name="me")
-        await consumer.ensure_groups()
+        await consumer.groups.ensure()
         await _publish_raw(client, "jobs", 3)
         await client.execute_command("XGROUP", "CREATECONSUMER", "jobs", "g", "idle-empty")
         await client.execute_command("XGROUP", "CREATECONSUMER", "jobs", "g", "me")
@@ -480,7 +474,7 @@ async def test_prune_removes_only_idle_consumers_without_pending(any_redis_url: 
         await until(all_idle, what="consumers idle past dead_consumer_after")
         await client.execute_command("XGROUP", "CREATECONSUMER", "jobs", "g", "fresh")
 
-        reclaimer = Reclaimer(consumer)
+        reclaimer = consumer.maintenance
         assert await reclaimer.prune_consumers("jobs") == ["idle-empty"]
         assert await _consumers(client, "jobs", "g") == {
             "fresh": 0, "holder": 2, "me": 0, RETRY_CONSUMER: 0}

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamflow import App, Message, Retention, Worker
-from streamflow.reclaimer import Reclaimer, parse_id, safe_trim_floor
+from streamflow.keys import parse_id
+from streamflow.runtime.maintenance import safe_trim_floor
 
 # One macro node of a stream holds at most stream-node-max-entries (100 by default on
 # both servers) entries; approximate (~) trimming removes whole nodes only, so up to one
@@ -133,7 +134,7 @@ async def _run_case(url: str, case: Case) -> None:
 
         app = _retention_app(url, policy)
         consumer = make_consumer(app, client, fast_settings(app, url))
-        reclaimer = Reclaimer(consumer)
+        reclaimer = consumer.maintenance
         # Model of what the policy may drop, computed before trimming so that it never
         # asks for less than the real (later) age cutoff: keep the entries from index keep_from.
         keep_from = 0
@@ -180,7 +181,7 @@ async def test_max_len_bounds_fully_acked_stream(any_redis_url: str) -> None:
         ids = await _publish(client, 1000, None, 0, 0)
         assert len(await _consume_all(client, "g0")) == 1000
         app = _retention_app(any_redis_url, Retention(max_len=100))
-        reclaimer = Reclaimer(make_consumer(app, client, fast_settings(app, any_redis_url)))
+        reclaimer = make_consumer(app, client, fast_settings(app, any_redis_url)).maintenance
         await reclaimer.trim("s")
         length = int(await client.execute_command("XLEN", "s"))
         assert 100 <= length <= 100 + NODE_SLACK
@@ -199,7 +200,7 @@ async def test_max_age_trims_old_acked_entries_only(any_redis_url: str) -> None:
         new = await _publish(client, 20, None, 0, 300)
         await _consume_all(client, "g0")
         app = _retention_app(any_redis_url, Retention(max_age=10))
-        reclaimer = Reclaimer(make_consumer(app, client, fast_settings(app, any_redis_url)))
+        reclaimer = make_consumer(app, client, fast_settings(app, any_redis_url)).maintenance
         await reclaimer.trim("s")
         remaining = [parse_id(r[0]) for r in await client.execute_command("XRANGE", "s", "-", "+")]
         assert set(new) <= set(remaining)

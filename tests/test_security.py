@@ -258,7 +258,7 @@ async def test_worker_and_producer_run_end_to_end_under_least_privilege_users(ac
                 )
 
             await wait_for(done, what="every entry handled, dead-lettered or reclaimed")
-            assert worker.consumers[0].dead_lettered == 2
+            assert worker.stats().dead_lettered == 2
     finally:
         await producer.aclose()
     assert seen["ok"] == [1] and seen["slow"] == [1] and seen["poison"] == [1]

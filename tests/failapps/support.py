@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from streamflow import App, Settings, Worker
-from streamflow.acks import AckBuffer
 from streamflow.connection import Connection
-from streamflow.consumer import Consumer
+from streamflow.runtime.acks import AckBuffer
+from streamflow.runtime.consumer import Consumer
 
 __all__ = [
     "fast_settings",
@@ -98,5 +98,5 @@ async def pending_rows(client: Any, stream: str, group: str) -> list[tuple[str, 
 
 
 def make_consumer(app: App, client: Any, settings: Settings, name: str = "tester") -> Consumer:
-    """A :class:`Consumer` for the app's first handler, not running (to drive its Reclaimer)."""
+    """A :class:`Consumer` for the app's first handler, not running (to drive its parts)."""
     return Consumer(app.handlers[0], client, AckBuffer(client), settings, name)

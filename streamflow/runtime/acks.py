@@ -9,7 +9,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from .rawpipe import RawPipe
+from ..rawpipe import RawPipe
 
 __all__ = ["AckBuffer"]
 

@@ -1,0 +1,156 @@
+"""Consumer: wires the runtime's parts for one registered handler and owns their tasks.
+
+::
+
+    Consumer.run
+    └── task group "outer"
+        ├── renew_leases       every visibility_timeout/4: long runners keep their entries
+        ├── watchdog           every min(1 s, timeout/10): cancel handlers past timeout
+        ├── Maintenance.run    prune idle consumers, retention trimming
+        └── SlotPool.open      handler slots, spawned on demand up to `concurrency`
+            └── cancel scope "intake"
+                └── task group
+                    ├── (first, awaited) Claims.drain_own_pending
+                    ├── Reader.run x readers
+                    └── Reclaimer.run
+
+:meth:`stop` sets the one :class:`~.stop.StopSignal` the parts share: readers and the
+reclaimer return after their current step (a read already sent returns within
+``block_ms`` and its entries are handled), the slots finish what was taken, and
+:attr:`drained` is set. :meth:`cancel_handlers` cancels what still runs.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import structlog
+
+from ..config import Settings
+from ..spec import HandlerSpec
+from ..stats import Counters, HandlerStats
+from .acks import AckBuffer
+from .claims import Claims
+from .failures import Failures
+from .groups import Groups
+from .leases import renew_leases, watchdog
+from .maintenance import Maintenance
+from .reader import Reader
+from .reclaimer import Reclaimer
+from .slots import SlotPool
+from .stop import StopSignal
+
+__all__ = ["Consumer"]
+
+log = structlog.get_logger("streamflow.consumer")
+
+
+class Consumer:
+    """Reads, dispatches, acks, retries and dead-letters entries for one handler."""
+
+    def __init__(
+        self, spec: HandlerSpec, client: object, acker: AckBuffer, settings: Settings,
+        consumer_name: str,
+    ) -> None:
+        self.spec = spec  # what to run and with which policies
+        self.name = consumer_name  # this process's consumer name in every group
+        self.group = spec.group
+        self.streams = spec.streams
+        self.concurrency = settings.concurrency or spec.concurrency  # handler slots
+        self.settings = settings
+        self.counters = Counters()  # everything the parts count (snapshot: stats())
+        self.stop_signal = StopSignal()  # the one "no new work" flag of every part
+        self.drained = anyio.Event()  # set when run() has finished all its work
+        self.log = log.bind(group=self.group, consumer=self.name, handler=spec.name)
+        self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
+
+        common = {"counters": self.counters, "log": self.log}
+        self.failures = Failures(client, spec, group=self.group, consumer=self.name, **common)
+        self.pool = SlotPool(
+            spec.func, concurrency=self.concurrency, acker=acker, group=self.group,
+            streams=self.streams, counters=self.counters, stop=self.stop_signal,
+            on_failure=self.failures.handle,
+        )
+        self.groups = Groups(client, streams=self.streams, group=self.group,
+                             start_id=spec.start_id, stop=self.stop_signal, log=self.log)
+        self.claims = Claims(
+            client, spec, pool=self.pool, failures=self.failures, group=self.group,
+            consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
+            stop=self.stop_signal, **common,
+        )
+        # Each read loop asks for at most a share of the slots (a third with two loops),
+        # so the next read is already on its way while the slots work through a batch.
+        batch = max(1, min(settings.batch_size, self.concurrency // (settings.readers + 1)))
+        self.reader = Reader(
+            client, pool=self.pool, acker=acker, groups=self.groups, consumer=self.name,
+            block_ms=settings.block_ms, batch=batch,
+            max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
+        )
+        self.reclaimer = Reclaimer(
+            client, spec, pool=self.pool, claims=self.claims, group=self.group,
+            consumer=self.name, interval=settings.reclaim_interval,
+            visibility_timeout=settings.visibility_timeout, stop=self.stop_signal, **common,
+        )
+        self.maintenance = Maintenance(client, spec, consumer=self.name,
+                                       dead_consumer_after=settings.dead_consumer_after,
+                                       log=self.log)
+        self._client = client
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Create groups, drain this consumer's own pending entries, then read until stopped."""
+        try:
+            await self.groups.ensure()
+            task_status.started()
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._leases)
+                outer.start_soon(watchdog, self.pool, self.spec.timeout)
+                outer.start_soon(self.maintenance.run, self.stop_signal)
+                async with self.pool.open():
+                    with anyio.CancelScope() as intake_scope:
+                        self._intake_scope = intake_scope
+                        if not self.stop_signal.is_set:
+                            async with anyio.create_task_group() as intake:
+                                await self.claims.drain_own_pending(self.streams)
+                                for _ in range(self.settings.readers):
+                                    intake.start_soon(self.reader.run)
+                                intake.start_soon(self.reclaimer.run)
+                outer.cancel_scope.cancel()
+        finally:
+            self.drained.set()
+
+    async def _leases(self) -> None:
+        await renew_leases(self.pool, self._client, group=self.group, consumer=self.name,
+                           every=self.settings.visibility_timeout / 4, log=self.log)
+
+    def stop(self) -> None:
+        """Stop reading and reclaiming; slots finish the entries already taken, then exit.
+
+        A read already on its way is not cancelled (that would strand the entries Redis
+        delivered to it): it returns within ``block_ms`` and its entries are handled.
+        """
+        self.stop_signal.set()
+        self.pool.wake_reservers()
+
+    def cancel_handlers(self) -> None:
+        """Cancel running handlers now (their entries stay pending and will be redelivered)."""
+        self.stop()
+        if self._intake_scope is not None:
+            self._intake_scope.cancel()
+        self.pool.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        """Entries taken from Redis and not finished: queued plus running."""
+        return self.pool.in_flight
+
+    def stats(self) -> HandlerStats:
+        """A snapshot of this consumer's counters and load."""
+        return HandlerStats.of(
+            self.counters, handler=self.spec.name, group=self.group, streams=self.streams,
+            concurrency=self.concurrency, in_flight=self.pool.in_flight,
+            running=self.pool.running, reserved=self.pool.reserved,
+        )

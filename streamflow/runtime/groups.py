@@ -1,0 +1,100 @@
+"""Groups: creating a handler's consumer group on each of its streams, and recreating it.
+
+``XGROUP CREATE ... MKSTREAM`` at start-up; an existing group is kept as it is. After
+``NOGROUP`` (the server was flushed or restarted empty, the group or stream deleted)
+the group is recreated after the last id this process read, so nothing it already
+handled runs again and nothing newer is skipped.
+
+Every failure that may pass is retried with backoff rather than ending the worker: a
+lost connection, a server still loading its data, and a server out of memory (which
+refuses XGROUP CREATE even for a group that exists: then the group is looked up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ..errors import ConfigError, ServerUnavailable
+from ..redis_errors import Kind, classify
+from .stop import StopSignal
+
+__all__ = ["Groups"]
+
+
+class Groups:
+    """The consumer group ``group`` on every stream of one handler."""
+
+    def __init__(
+        self, client: Any, *, streams: tuple[str, ...], group: str, start_id: str,
+        stop: StopSignal, log: Any,
+    ) -> None:
+        self.client = client  # shared redis.asyncio client
+        self.streams = streams
+        self.group = group
+        self.start_id = start_id  # where a new group starts: "$", "0" or an id
+        self.stop = stop  # creation retries give up once set
+        self.log = log
+        self.last_seen: dict[str, bytes] = {}  # newest id read per stream (readers write it)
+
+    async def ensure(self, start_ids: dict[str, bytes | str] | None = None) -> None:
+        """Create the group on every stream (MKSTREAM); an existing group is left as it is."""
+        for stream in self.streams:
+            start = (start_ids or {}).get(stream, self.start_id)
+            delay = 0.5
+            while not await self._create(stream, start, recreated=bool(start_ids)):
+                await self.stop.pause(delay)
+                if self.stop.is_set:
+                    return
+                delay = min(delay * 2, 10.0)
+
+    async def recreate(self) -> None:
+        """After NOGROUP: create the group again after the last id this process read."""
+        await self.ensure({stream: self.last_seen.get(stream, b"0") for stream in self.streams})
+
+    async def exists(self, stream: str) -> bool:
+        """True if the group exists on ``stream``."""
+        try:
+            groups = await self.client.execute_command("XINFO", "GROUPS", stream)
+        except RedisError:
+            return False
+        names = {dict(zip(g[::2], g[1::2], strict=True)).get(b"name") for g in groups or []}
+        return self.group.encode() in names
+
+    async def _create(self, stream: str, start: bytes | str, *, recreated: bool) -> bool:
+        """One attempt; True when the group exists afterwards, False to try again later."""
+        try:
+            await self.client.execute_command(
+                "XGROUP", "CREATE", stream, self.group, start, "MKSTREAM"
+            )
+        except (RedisError, OSError) as exc:
+            text = str(exc) or type(exc).__name__
+            kind = classify(exc)
+            if kind is Kind.BUSYGROUP:
+                return True
+            if kind is Kind.OOM:
+                if await self.exists(stream):
+                    return True
+                self.log.error("group_create_refused", stream=stream, error=text,
+                               hint="the server is out of memory; retrying")
+                return False
+            if kind is Kind.TRANSIENT:
+                self.log.warning("group_create_failed", stream=stream, error=text,
+                                 hint="retrying with backoff")
+                return False
+            if kind is Kind.WRONGTYPE:
+                raise ConfigError(
+                    "stream name", f"key {stream!r} exists and is not a stream"
+                ) from None
+            if kind is Kind.NOPERM:
+                raise ServerUnavailable(
+                    f"the Redis user may not create group {self.group!r} on {stream!r}: {text}"
+                ) from None
+            raise
+        start_text = start.decode() if isinstance(start, bytes) else start
+        if recreated:
+            self.log.warning("group_recreated", stream=stream, start_id=start_text)
+        else:
+            self.log.info("group_created", stream=stream, start_id=start_text)
+        return True

@@ -1,0 +1,120 @@
+"""Reader: one read loop, ``XREADGROUP COUNT n BLOCK t`` over all of a handler's streams.
+
+Each read first reserves ``n`` slots in the pool (so memory is bounded by
+``concurrency``, not by the backlog) and carries the acks buffered so far in the same
+write, on the loop's own connection. A consumer runs ``readers`` loops (default 2), each
+asking for at most ``concurrency / (readers + 1)``, so one batch is on its way while
+the slots work through another. After a read that came back short a loop asks for
+twice what it got (at least 1): a read blocked on an idle stream then holds one slot,
+and the reclaimer can use the rest.
+
+Errors never end the loop: NOGROUP recreates the group, connection errors and server
+restarts are retried with backoff (logged once per outage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ..message import Message
+from ..rawpipe import RawPipe
+from ..redis_errors import Kind, classify
+from ..stats import Counters
+from .acks import AckBuffer
+from .groups import Groups
+from .slots import SlotPool
+from .stop import StopSignal
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """The read loops of one consumer (run :meth:`run` once per loop)."""
+
+    def __init__(
+        self, client: Any, *, pool: SlotPool, acker: AckBuffer, groups: Groups,
+        consumer: str, block_ms: int, batch: int, max_payload_bytes: int,
+        counters: Counters, stop: StopSignal, log: Any,
+    ) -> None:
+        self.client = client  # each loop takes its own connection from this client's pool
+        self.pool = pool  # where entries go; reserve() bounds every read
+        self.acker = acker  # its buffered acks ride along with each read
+        self.groups = groups  # recreated after NOGROUP; last_seen kept for that
+        self.consumer = consumer
+        self.block_ms = block_ms
+        self.batch = batch  # most entries one loop asks for in one read
+        self.max_payload_bytes = max_payload_bytes
+        self.counters = counters  # reads, read_passes
+        self.stop = stop
+        self.log = log
+        streams = groups.streams
+        self._stream_by_raw = {s.encode(): s for s in streams}  # reply key -> name
+
+    async def run(self) -> None:
+        """Read batches until the stop signal is set (or cancelled)."""
+        pool = self.pool
+        streams = self.groups.streams
+        read_args: list[Any] = ["XREADGROUP", "GROUP", self.groups.group, self.consumer,
+                                "COUNT", 0, "BLOCK", self.block_ms, "STREAMS", *streams,
+                                *([">"] * len(streams))]
+        batch = self.batch
+        want = batch
+        reader = RawPipe(self.client)
+        delay = 0.0
+        failing = False
+        try:
+            while True:
+                count = await pool.reserve(want, max(1, want // 2))
+                if not count:
+                    return
+                try:
+                    read_args[5] = count
+                    try:
+                        reply = await self.acker.send_with(reader, read_args)
+                    except (RedisError, OSError) as exc:
+                        kind = classify(exc)
+                        if kind is Kind.NOGROUP:
+                            self.log.warning("nogroup", error=str(exc))
+                            await self.groups.recreate()
+                        elif kind is Kind.TRANSIENT:
+                            if not failing:
+                                self.log.warning("read_failed",
+                                                 error=str(exc) or type(exc).__name__)
+                                failing = True
+                        else:
+                            self.log.error("read_failed", error=str(exc) or type(exc).__name__)
+                        delay = min(max(delay * 2, 0.1), 5.0)
+                        await self.stop.pause(delay)
+                        continue
+                    if failing:
+                        self.log.info("read_recovered")
+                        failing = False
+                    delay = 0.0
+                    got = 0
+                    self.counters.read_passes += 1
+                    if reply:
+                        self.counters.reads += 1
+                        got = self._submit_reply(reply)
+                    want = batch if got >= count else max(1, min(batch, 2 * got))
+                finally:
+                    pool.release(count)
+        finally:
+            await reader.aclose()
+
+    def _submit_reply(self, reply: Any) -> int:
+        """Queue the entries of an XREADGROUP reply; return how many there were."""
+        items = reply.items() if isinstance(reply, dict) else reply
+        group = self.groups.group
+        limit = self.max_payload_bytes
+        last_seen = self.groups.last_seen
+        batch: list[Message] = []
+        for raw_stream, entries in items:
+            stream = self._stream_by_raw.get(raw_stream) or raw_stream.decode()
+            if entries:
+                for raw_id, raw_fields in entries:
+                    batch.append(Message(raw_id, raw_fields, stream, group, 1, limit))
+                last_seen[stream] = entries[-1][0]
+        self.pool.submit(batch)
+        return len(batch)

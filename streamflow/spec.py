@@ -1,0 +1,116 @@
+"""HandlerSpec: what the runtime needs to know about one registered handler, validated once.
+
+The :class:`~streamflow.App` builds specs from its decorators; the worker and the
+runtime take specs (through the small :class:`Registry` protocol), never the App, so
+the runtime sits below the App in the import graph.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import Settings, validate_name
+from .connection import Connection
+from .errors import ConfigError
+from .keys import dead_letter_stream
+from .message import Message
+from .policies import Retention, Retry
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_TIMEOUT",
+    "Handler",
+    "HandlerSpec",
+    "Hook",
+    "Registry",
+    "check_handler_options",
+]
+
+Handler = Callable[[Message], Awaitable[Any]]
+Hook = Callable[[], Awaitable[Any]]
+
+DEFAULT_CONCURRENCY = 100
+DEFAULT_TIMEOUT = 180.0
+
+_START_ID_RE = re.compile(r"^(\$|0|\d+(-\d+)?)$")
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """Everything the worker needs to know about one registered handler."""
+
+    func: Handler
+    name: str
+    streams: tuple[str, ...]
+    group: str
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float | None = DEFAULT_TIMEOUT
+    retry: Retry = field(default_factory=Retry)
+    dead_letter: str | None = None
+    start_id: str = "$"
+    retention: Retention | None = None
+
+    def dead_letter_stream(self, stream: str) -> str:
+        """Name of the dead-letter stream for entries of ``stream``."""
+        return dead_letter_stream(stream, self.dead_letter)
+
+
+class Registry(Protocol):
+    """What a worker reads from an application: its handlers and lifespan hooks.
+
+    :class:`~streamflow.App` is one; anything with these attributes will do.
+    """
+
+    @property
+    def handlers(self) -> Sequence[HandlerSpec]:
+        """The registered handlers, in registration order."""
+
+    @property
+    def startup_hooks(self) -> Sequence[Hook]:
+        """Coroutine functions awaited before the consumers start."""
+
+    @property
+    def shutdown_hooks(self) -> Sequence[Hook]:
+        """Coroutine functions awaited after the consumers stopped."""
+
+    def settings(self, **overrides: Any) -> Settings:
+        """The worker settings of this application, with ``overrides`` applied."""
+
+    def current_connection(self) -> Connection | None:
+        """The connection the application publishes through now, if one is open."""
+
+    def bind_connection(self, connection: Connection | None) -> None:
+        """Publish through ``connection`` from now on (None: open one lazily when needed)."""
+
+    async def aclose(self) -> None:
+        """Close what the application opened itself."""
+
+
+def check_handler_options(
+    streams: Sequence[str],
+    *,
+    concurrency: int,
+    timeout: float | None,
+    start_id: str,
+    dead_letter: str | None,
+) -> None:
+    """Raise :class:`ConfigError` naming the first invalid option of a handler registration."""
+    if not streams:
+        raise ConfigError("handler streams", "give at least one stream name")
+    for s in streams:
+        validate_name("stream name", s)
+    if len(set(streams)) != len(streams):
+        raise ConfigError("handler streams", f"stream listed twice in {tuple(streams)!r}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError("concurrency", f"must be an int >= 1, got {concurrency!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError("timeout", f"must be a number > 0 or None, got {timeout!r}")
+    if not isinstance(start_id, str) or not _START_ID_RE.match(start_id):
+        raise ConfigError("start_id", f"{start_id!r} is not $, 0 or a stream id")
+    if dead_letter is not None:
+        validate_name("dead_letter", dead_letter.replace("{stream}", "x"))
