@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -23,11 +24,49 @@ from .spec import (
     check_handler_options,
 )
 
-__all__ = ["App", "Handler", "HandlerSpec"]
+__all__ = ["App", "Handler", "HandlerSpec", "default_group", "handler_name"]
 
 H = TypeVar("H", bound=Handler)
 
 _GROUP_CLEAN_RE = re.compile(r"[^A-Za-z0-9_.:\-]")
+
+
+def _module_name(func: Callable[..., Any]) -> str:
+    """The module ``func`` belongs to, named as ``streamflow run`` would import it.
+
+    For a module run as a script (``__main__``): its ``python -m`` name, else its file's
+    path relative to the working directory (``python examples/app.py`` and
+    ``streamflow run examples.app:app`` from the same directory agree), else the file's
+    stem.
+    """
+    module = getattr(func, "__module__", None) or "__main__"
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None):
+        name: str = spec.name
+        return name[: -len(".__main__")] if name.endswith(".__main__") else name
+    path = getattr(main, "__file__", None)
+    if not path:
+        return module
+    stem = os.path.splitext(os.path.abspath(path))[0]
+    relative = os.path.relpath(stem, os.getcwd())
+    if relative.startswith(os.pardir):
+        return str(os.path.basename(stem))
+    return str(relative).replace(os.sep, ".")
+
+
+def handler_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a handler (``__main__`` resolved as :func:`_module_name` does)."""
+    return f"{_module_name(func)}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def default_group(func: Callable[..., Any]) -> str:
+    """The default group of a handler: :func:`handler_name` with characters Redis names
+    may not hold (``<locals>``'s brackets...) replaced by ``_``, at most 200 characters."""
+    name = _GROUP_CLEAN_RE.sub("_", handler_name(func))
+    return name if len(name) <= 200 else name[-200:]
 
 
 class App:
@@ -73,19 +112,21 @@ class App:
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: Retry | None = None,
         dead_letter: str | None = None,
-        start_id: str = "$",
+        start_id: str = "0",
         retention: Retention | None = None,
     ) -> Callable[[H], H]:
         """Register an ``async def handler(msg)`` for one or more streams.
 
-        ``group`` defaults to the handler's qualified name (``__qualname__``, without
-        the module, so ``python app.py`` and ``streamflow run app:app`` agree). ``concurrency`` bounds the
+        ``group`` defaults to the handler's module and qualified name, e.g.
+        ``myservice.app.bill`` (see :func:`default_group`): two services with an ``async
+        def handle`` each never share a group by accident. ``concurrency`` bounds the
         handlers of this registration in flight in one process. ``timeout`` (seconds,
         default 180, None for no limit) cancels a handler that runs too long and counts
         as a failed attempt. ``retry`` sets attempts and backoff; after the last attempt
         the entry goes to ``dead_letter`` (default ``<stream>:dlq``; ``{stream}`` is
-        replaced by the stream name). ``start_id`` is where a new group starts: ``$``
-        (only new entries, the default) or ``0`` (the whole stream).
+        replaced by the stream name). ``start_id`` is where a group that does not exist
+        yet starts: ``0`` (the default: every entry already in the stream is handled) or
+        ``$`` (only entries added from now on); an existing group keeps its position.
         """
         check_handler_options(streams, concurrency=concurrency, timeout=timeout,
                               start_id=start_id, dead_letter=dead_letter)
@@ -96,11 +137,8 @@ class App:
                 raise ConfigError(
                     "handler", f"{getattr(func, '__qualname__', func)!r} must be an async def"
                 )
-            name = f"{func.__module__}.{func.__qualname__}"
-            # The default group is the qualified name without the module, so that the same
-            # handler forms the same group whether its module runs as __main__ or is imported.
-            default = _GROUP_CLEAN_RE.sub("_", func.__qualname__)
-            group_name = group if group is not None else default
+            name = handler_name(func)
+            group_name = group if group is not None else default_group(func)
             validate_name("group", group_name)
             for spec in self.handlers:
                 if spec.group == group_name and set(spec.streams) & set(streams):

@@ -50,7 +50,7 @@ class HandlerSpec:
     timeout: float | None = DEFAULT_TIMEOUT
     retry: Retry = field(default_factory=Retry)
     dead_letter: str | None = None
-    start_id: str = "$"
+    start_id: str = "0"
     retention: Retention | None = None
 
     def dead_letter_stream(self, stream: str) -> str:

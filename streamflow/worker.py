@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .permissions import check_permissions
 from .runtime.acks import AckBuffer
 from .runtime.consumer import Consumer
+from .runtime.loopwatch import LoopWatch
 from .spec import Registry
 from .stats import WorkerStats
 
@@ -152,6 +153,7 @@ class Worker:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_acker)
+            tg.start_soon(LoopWatch(self.app.handlers, log).run)
             if self.handle_signals:
                 await tg.start(self._watch_signals)
             for c in self.consumers:

@@ -300,7 +300,7 @@ async def test_two_groups_on_one_stream_each_get_every_message(redis_url: str) -
         second.append(msg.id)
 
     def expected_group(func: Any) -> str:
-        return re.sub(r"[^A-Za-z0-9_.:\-]", "_", func.__qualname__)
+        return re.sub(r"[^A-Za-z0-9_.:\-]", "_", f"{func.__module__}.{func.__qualname__}")
 
     async with client(redis_url) as r:
         async with running(app, redis_url) as worker:
@@ -310,7 +310,7 @@ async def test_two_groups_on_one_stream_each_get_every_message(redis_url: str) -
         assert groups == sorted([expected_group(audit), expected_group(notify)])
         assert [c.group for c in worker.consumers] == [expected_group(audit), expected_group(notify)]
         assert expected_group(audit) == (
-            "test_two_groups_on_one_stream_each_get_every_message._locals_.audit"
+            "test_core.test_two_groups_on_one_stream_each_get_every_message._locals_.audit"
         )
         for g in groups:
             assert (await group_info(r, "events", g))["pending"] == 0

@@ -22,6 +22,9 @@ reclaimer return after their current step (a read already sent returns within
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import anyio
 import anyio.abc
 import structlog
@@ -37,7 +40,7 @@ from .leases import renew_leases, watchdog
 from .maintenance import Maintenance
 from .reader import Reader
 from .reclaimer import Reclaimer
-from .slots import SlotPool
+from .slots import SlotPool, logging_handled
 from .stop import StopSignal
 
 __all__ = ["Consumer"]
@@ -66,8 +69,11 @@ class Consumer:
 
         common = {"counters": self.counters, "log": self.log}
         self.failures = Failures(client, spec, group=self.group, consumer=self.name, **common)
+        func = spec.func
+        if _debug_enabled(self.log):
+            func = logging_handled(func, self.log)
         self.pool = SlotPool(
-            spec.func, concurrency=self.concurrency, acker=acker, group=self.group,
+            func, concurrency=self.concurrency, acker=acker, group=self.group,
             streams=self.streams, counters=self.counters, stop=self.stop_signal,
             on_failure=self.failures.handle,
         )
@@ -154,3 +160,12 @@ class Consumer:
             concurrency=self.concurrency, in_flight=self.pool.in_flight,
             running=self.pool.running, reserved=self.pool.reserved,
         )
+
+
+def _debug_enabled(bound: Any) -> bool:
+    """True when structlog was configured (e.g. ``--log-level debug``) to emit ``bound``'s
+    debug lines; an application that never configured structlog gets no per-message line."""
+    if not structlog.is_configured():
+        return False
+    check = getattr(bound, "is_enabled_for", None)
+    return bool(check(logging.DEBUG)) if check is not None else False

@@ -93,8 +93,24 @@ class Groups:
                 ) from None
             raise
         start_text = start.decode() if isinstance(start, bytes) else start
+        to_read = await self._lag(stream)
         if recreated:
-            self.log.warning("group_recreated", stream=stream, start_id=start_text)
+            self.log.warning("group_recreated", stream=stream, start_id=start_text,
+                             entries_to_read=to_read)
         else:
-            self.log.info("group_created", stream=stream, start_id=start_text)
+            self.log.info("group_created", stream=stream, start_id=start_text,
+                          entries_to_read=to_read)
         return True
+
+    async def _lag(self, stream: str) -> int | None:
+        """Entries the group has yet to read (XINFO GROUPS lag; None if the server can't tell)."""
+        try:
+            groups = await self.client.execute_command("XINFO", "GROUPS", stream)
+        except (RedisError, OSError):
+            return None
+        for row in groups or []:
+            info = dict(zip(row[::2], row[1::2], strict=True))
+            if info.get(b"name") == self.group.encode():
+                lag = info.get(b"lag")
+                return int(lag) if lag is not None else None
+        return None

@@ -17,6 +17,7 @@ The slot loop is the hot path: it binds what it touches to local names, reads no
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..context import current_message
 from ..errors import HandlerTimeout
 from ..message import Message
 from ..spec import Handler
@@ -32,10 +34,26 @@ from ..stats import Counters
 from .acks import AckBuffer
 from .stop import StopSignal
 
-__all__ = ["FailureHook", "SlotPool", "SlotState"]
+__all__ = ["FailureHook", "SlotPool", "SlotState", "logging_handled"]
 
 #: Called by a slot with an entry whose handler raised or timed out.
 FailureHook = Callable[[Message, BaseException], Awaitable[None]]
+
+
+def logging_handled(func: Handler, log: Any) -> Handler:
+    """``func`` wrapped to log every handled message with its duration at debug level.
+
+    Used only when debug logging is on, so the slot loop pays nothing for it otherwise.
+    """
+
+    async def handled(msg: Message) -> Any:
+        started = time.perf_counter()
+        result = await func(msg)
+        log.debug("message_handled", stream=msg.stream, message_id=msg.id,
+                  attempt=msg.attempt, duration_ms=round((time.perf_counter() - started) * 1e3, 3))
+        return result
+
+    return handled
 
 
 class SlotState:
@@ -241,6 +259,7 @@ class SlotPool:
         concurrency = self.concurrency
         task = asyncio.current_task()
         state = SlotState(task)
+        current_message.bind_slot(state)  # handlers' log lines carry state.msg's context
         self.states.add(state)
         self._waking -= 1
         try:
