@@ -33,7 +33,7 @@ from . import scripts
 from .codec import decode_fields
 from .connection import redact_url
 from .errors import AdminError, UnknownStream
-from .keys import id_successor
+from .keys import id_successor, replay_stream
 
 __all__ = [
     "PAGE",
@@ -161,6 +161,7 @@ async def move_to_dead_letter(
     consumer: str,
     handler: str,
     msg_raw_id: bytes,
+    key: str | None = None,
     raw_fields: list[bytes] | None,
     attempts: int,
     error_type: str,
@@ -169,6 +170,10 @@ async def move_to_dead_letter(
 ) -> bytes | None:
     """Add the dead-letter record of entry ``msg_raw_id`` of ``stream`` to ``dlq`` and ack it
     for ``group``, in one atomic step.
+
+    ``key`` is where the entry is pending when that is not ``stream`` itself (a replayed
+    entry read from its group's replay stream); the record names ``stream``, so a replay
+    of the record goes the same way again.
 
     Returns the new record's id, or None when the entry was no longer pending (another
     worker acked or dead-lettered it meanwhile: nothing was written). Redis errors
@@ -179,15 +184,16 @@ async def move_to_dead_letter(
         error_type=error_type, error=error, handler=handler, raw_fields=raw_fields,
         traceback=traceback,
     )
+    key = key or stream
     if len(record) <= scripts.MAX_SCRIPT_ARGS:
-        result = await client.eval(scripts.DEAD_LETTER, 2, stream, dlq, group, msg_raw_id, *record)
+        result = await client.eval(scripts.DEAD_LETTER, 2, key, dlq, group, msg_raw_id, *record)
     else:
         # Too wide for a script: MULTI/EXEC is atomic too, but cannot first check that
         # the entry is still pending (a record may then exist for an entry another
         # worker acked meanwhile: a duplicate, never a loss).
         pipe = client.pipeline(transaction=True)
         pipe.execute_command("XADD", dlq, "*", *record)
-        pipe.execute_command("XACK", stream, group, msg_raw_id)
+        pipe.execute_command("XACK", key, group, msg_raw_id)
         result = (await pipe.execute())[0]
     if not result:
         return None
@@ -197,9 +203,17 @@ async def move_to_dead_letter(
 # -- reading ------------------------------------------------------------------------------
 
 
-def _belongs(rec: DeadLetter, stream: str) -> bool:
-    """True when the record came from ``stream`` (a shared DLQ holds several streams' records)."""
-    return rec.stream in ("", stream)
+def _belongs(rec: DeadLetter, stream: str, group: str | None = None) -> bool:
+    """True when the record came from ``stream`` (a shared DLQ holds several streams' records)
+    and, if ``group`` is given, was dead-lettered by that group."""
+    return rec.stream in ("", stream) and (group is None or rec.group == group)
+
+
+def replay_target(rec: DeadLetter, stream: str) -> str:
+    """Where replaying ``rec`` writes its entry: the replay stream of the group that
+    dead-lettered it (read by that group only), or ``stream`` for a record that names no
+    group (written by something other than a streamflow worker)."""
+    return replay_stream(stream, rec.group) if rec.group else stream
 
 
 async def dlq_exists(client: Any, stream: str, dlq: str) -> bool:
@@ -221,9 +235,11 @@ async def dlq_exists(client: Any, stream: str, dlq: str) -> bool:
 
 
 async def read_records(
-    client: Any, stream: str, dlq: str, *, limit: int | None = None, end: str = "+"
+    client: Any, stream: str, dlq: str, *, limit: int | None = None, end: str = "+",
+    group: str | None = None,
 ) -> tuple[list[DeadLetter], bool]:
-    """Records of ``stream`` in ``dlq`` up to ``end``, oldest first; ``(records, more_left)``."""
+    """Records of ``stream`` (and ``group``, if given) in ``dlq`` up to ``end``, oldest first;
+    ``(records, more_left)``."""
     out: list[DeadLetter] = []
     start = "-"
     while True:
@@ -232,7 +248,7 @@ async def read_records(
             if raw is None:
                 continue
             rec = parse_record(raw_id, raw)
-            if _belongs(rec, stream):
+            if _belongs(rec, stream, group):
                 if limit is not None and len(out) >= limit:
                     return out, True
                 out.append(rec)
@@ -248,23 +264,38 @@ async def read_records(
 class ReplayResult:
     """What :func:`replay` did."""
 
-    replayed: list[dict[str, str]] = field(default_factory=list)  # dlq_id, id, new_id
+    replayed: list[dict[str, str]] = field(default_factory=list)  # dlq_id, id, group, to, new_id
     not_found: list[str] = field(default_factory=list)  # dlq ids not in the DLQ (any more)
     skipped: list[dict[str, str]] = field(default_factory=list)  # dlq_id, reason
 
+    def by_group(self) -> dict[str, tuple[str, int]]:
+        """Per group that dead-lettered them: (the stream replayed to, records replayed)."""
+        out: dict[str, tuple[str, int]] = {}
+        for r in self.replayed:
+            to, n = out.get(r["group"], (r["to"], 0))
+            out[r["group"]] = (to, n + 1)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"replayed": self.replayed, "not_found": self.not_found, "skipped": self.skipped}
+        return {
+            "replayed": self.replayed, "not_found": self.not_found, "skipped": self.skipped,
+            "groups": {g or "": {"to": to, "replayed": n} for g, (to, n) in self.by_group().items()},
+        }
 
 
 async def _replay_batch(
-    client: Any, stream: str, dlq: str, records: list[DeadLetter], result: ReplayResult
+    client: Any, stream: str, dlq: str, records: list[DeadLetter], result: ReplayResult,
+    group: str | None,
 ) -> None:
     todo: list[DeadLetter] = []
     for rec in records:
         if not _belongs(rec, stream):
             result.skipped.append({"dlq_id": rec.dlq_id,
                                    "reason": f"record of stream {rec.stream!r}"})
+        elif not _belongs(rec, stream, group):
+            result.skipped.append({"dlq_id": rec.dlq_id,
+                                   "reason": f"record of group {rec.group!r}, not {group!r}"})
         elif not rec.original:
             result.skipped.append({"dlq_id": rec.dlq_id, "reason": "record has no original fields"})
         else:
@@ -273,17 +304,19 @@ async def _replay_batch(
         return
     pipe = client.pipeline(transaction=False)
     for rec in todo:
-        pipe.eval(scripts.REPLAY, 2, dlq, stream, rec.dlq_id, *rec.original)
+        pipe.eval(scripts.REPLAY, 2, dlq, replay_target(rec, stream), rec.dlq_id, *rec.original)
     replies = await pipe.execute()
     for rec, new_id in zip(todo, replies, strict=True):
         if new_id:
-            result.replayed.append({"dlq_id": rec.dlq_id, "id": rec.id, "new_id": _text(new_id)})
+            result.replayed.append({"dlq_id": rec.dlq_id, "id": rec.id, "group": rec.group,
+                                    "to": replay_target(rec, stream), "new_id": _text(new_id)})
         else:
             result.not_found.append(rec.dlq_id)  # replayed or deleted by someone else meanwhile
 
 
 async def _replay_ids(
-    client: Any, stream: str, dlq: str, wanted: list[str], result: ReplayResult
+    client: Any, stream: str, dlq: str, wanted: list[str], result: ReplayResult,
+    group: str | None,
 ) -> None:
     for i in range(0, len(wanted), PAGE):
         chunk = wanted[i:i + PAGE]
@@ -296,10 +329,12 @@ async def _replay_ids(
                 found.append(parse_record(rows[0][0], rows[0][1]))
             else:
                 result.not_found.append(dlq_id)
-        await _replay_batch(client, stream, dlq, found, result)
+        await _replay_batch(client, stream, dlq, found, result, group)
 
 
-async def _replay_all(client: Any, stream: str, dlq: str, result: ReplayResult) -> None:
+async def _replay_all(
+    client: Any, stream: str, dlq: str, result: ReplayResult, group: str | None
+) -> None:
     # Only what is there now: records dead-lettered again while we replay are left alone.
     last = await client.execute_command("XREVRANGE", dlq, "+", "-", "COUNT", 1)
     if not last:
@@ -309,20 +344,25 @@ async def _replay_all(client: Any, stream: str, dlq: str, result: ReplayResult) 
     while True:
         rows = await client.execute_command("XRANGE", dlq, start, end, "COUNT", PAGE)
         records = [parse_record(r[0], r[1]) for r in rows or [] if r[1] is not None]
-        mine = [r for r in records if _belongs(r, stream)]
-        await _replay_batch(client, stream, dlq, mine, result)
+        mine = [r for r in records if _belongs(r, stream, group)]
+        await _replay_batch(client, stream, dlq, mine, result, group)
         if not rows or len(rows) < PAGE:
             return
         start = id_successor(rows[-1][0])
 
 
 async def replay(
-    client: Any, stream: str, dlq: str, ids: Sequence[str] | None
+    client: Any, stream: str, dlq: str, ids: Sequence[str] | None, *, group: str | None = None
 ) -> ReplayResult:
-    """Replay the records ``ids`` of ``dlq`` (all of ``stream``'s when None) to ``stream``.
+    """Replay the records ``ids`` of ``dlq`` (all of ``stream``'s when None).
 
-    Each record is re-published and deleted by one script call (``scripts.REPLAY``), so
-    a record is never both replayed and kept, nor replayed twice. Raises
+    A record goes back to the group that dead-lettered it, and only to that group: its
+    entry is written to the group's replay stream (:func:`streamflow.keys.replay_stream`),
+    which that group's consumers read alongside ``stream``; the other groups of
+    ``stream`` never see it. ``group`` replays only that group's records (records of
+    other groups named by ``ids`` are skipped). Each record is re-published and deleted by
+    one script call (``scripts.REPLAY``), so a record is never both replayed and kept, nor
+    replayed twice. Raises
     :class:`~streamflow.errors.AdminError` for a malformed id and
     :class:`~streamflow.errors.UnknownStream` when there is nothing to replay from or to.
     """
@@ -341,7 +381,7 @@ async def replay(
         if not exists:
             result.not_found += wanted
         else:
-            await _replay_ids(client, stream, dlq, wanted, result)
+            await _replay_ids(client, stream, dlq, wanted, result, group)
     elif exists:
-        await _replay_all(client, stream, dlq, result)
+        await _replay_all(client, stream, dlq, result, group)
     return result

@@ -9,10 +9,13 @@ from __future__ import annotations
 __all__ = [
     "DLQ_SUFFIX",
     "RETRY_CONSUMER",
+    "REPLAY_INFIX",
     "dead_letter_stream",
     "id_ms",
     "id_successor",
     "parse_id",
+    "replay_stream",
+    "replayed_from",
 ]
 
 #: Pseudo-consumer of every group that holds failed entries while their retry backoff runs.
@@ -28,6 +31,27 @@ def dead_letter_stream(stream: str, template: str | None = None) -> str:
     if template is None:
         return stream + DLQ_SUFFIX
     return template.replace("{stream}", stream)
+
+
+#: Infix of a group's replay stream: ``orders`` and group ``billing`` -> ``orders:replay:billing``.
+REPLAY_INFIX = ":replay:"
+
+
+def replay_stream(stream: str, group: str) -> str:
+    """The stream ``dlq replay`` writes ``group``'s records of ``stream`` to.
+
+    Only that group's consumers read it (they read it alongside ``stream``), so a replayed
+    entry reaches the group whose handler failed it and no other group of the stream.
+    """
+    return f"{stream}{REPLAY_INFIX}{group}"
+
+
+def replayed_from(key: str) -> tuple[str, str] | None:
+    """``(stream, group)`` if ``key`` is a replay stream (see :func:`replay_stream`), else None."""
+    stream, infix, group = key.rpartition(REPLAY_INFIX)
+    if not infix or not stream or not group:
+        return None
+    return stream, group
 
 
 def parse_id(raw: bytes | str) -> tuple[int, int]:

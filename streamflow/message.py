@@ -23,7 +23,9 @@ class Message:
     dead-letters the message instead of retrying it.
     """
 
-    __slots__ = ("_fields", "_id", "_payload", "_raw", "attempt", "group", "max_bytes", "stream")
+    __slots__ = (
+        "_fields", "_id", "_payload", "_raw", "attempt", "group", "key", "max_bytes", "stream",
+    )
 
     def __init__(
         self,
@@ -33,10 +35,12 @@ class Message:
         group: str,
         attempt: int = 1,
         max_bytes: int = 1 << 20,
+        key: str | None = None,
     ) -> None:
         self._id = raw_id  # entry id exactly as Redis sent it (used for XACK)
         self._raw = raw_fields  # flat [field, value, ...] list; None if the entry was deleted
-        self.stream = stream  # stream the entry came from
+        self.stream = stream  # stream the entry belongs to (for a replayed entry: the original)
+        self.key = key or stream  # the key it was read from (a replay stream for a replayed entry)
         self.group = group  # consumer group it was delivered to
         self.attempt = attempt  # delivery number: 1 on first delivery, counts up on redelivery
         self.max_bytes = max_bytes  # payload size limit enforced on decode
@@ -92,6 +96,11 @@ class Message:
                 payload = self.fields
             self._payload = payload
         return payload
+
+    @property
+    def replayed(self) -> bool:
+        """True when the entry was re-published from the dead-letter stream (``dlq replay``)."""
+        return self.key != self.stream
 
     def __repr__(self) -> str:
         return (

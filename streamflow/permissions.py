@@ -27,9 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import redact_url
 from .errors import PermissionDenied, ServerUnavailable
+from .keys import replay_stream
 
 if TYPE_CHECKING:
-    from .app import HandlerSpec
+    from .spec import HandlerSpec
 
 __all__ = [
     "ADMIN_COMMANDS",
@@ -55,6 +56,7 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "xclaim",  # take over entries (own PEL, due retries, dead consumers; leases)
     "xrange",  # check whether unclaimable pending entries were deleted
     "xinfo|consumers",  # find idle consumers to prune
+    "xinfo|groups",  # how much a new group has to read (logged); does a group exist (OOM)
     "xgroup|delconsumer",  # prune an idle consumer without pending entries (Lua)
     "xadd",  # write dead-letter records (Lua, on the dead-letter stream)
     "eval",  # the Lua scripts (retry parking, lease renewal, dead-lettering, pruning)
@@ -62,7 +64,7 @@ WORKER_COMMANDS: tuple[str, ...] = (
 )
 
 #: Extra commands a worker needs when a handler has a ``retention=`` policy.
-RETENTION_COMMANDS: tuple[str, ...] = ("xtrim", "xlen", "xinfo|groups")
+RETENTION_COMMANDS: tuple[str, ...] = ("xtrim", "xlen")
 
 #: Commands ``App.publish`` / ``publish_fields`` / ``publish_many`` send.
 PRODUCER_COMMANDS: tuple[str, ...] = ("ping", "xadd")
@@ -90,11 +92,13 @@ def acl_rules(commands: Iterable[str], keys: Iterable[str]) -> list[str]:
 
 
 def worker_keys(handlers: Iterable[HandlerSpec]) -> list[str]:
-    """Every key a worker of ``handlers`` touches: each stream and its dead-letter stream."""
+    """Every key a worker of ``handlers`` touches: each stream, its group's replay stream and
+    its dead-letter stream."""
     keys: dict[str, None] = {}
     for spec in handlers:
         for stream in spec.streams:
             keys[stream] = None
+            keys[replay_stream(stream, spec.group)] = None
             keys[spec.dead_letter_stream(stream)] = None
     return list(keys)
 
@@ -148,26 +152,35 @@ def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str) -> list[P
                 continue
             seen.add((stream, group))
             dlq = spec.dead_letter_stream(stream)
-            probes += [
-                Probe("XGROUP CREATE", stream,
-                      ("XGROUP", "CREATE", stream, group, _BAD_ID, "MKSTREAM")),
-                Probe("XREADGROUP", stream, ("XREADGROUP", "GROUP", group, consumer_name,
-                                             "COUNT", 1, "STREAMS", stream, _BAD_ID)),
-                Probe("XACK", stream, ("XACK", stream, group, _BAD_ID)),
-                Probe("XPENDING", stream, ("XPENDING", stream, group, "-", "+", 1, consumer_name)),
-                Probe("XCLAIM", stream, ("XCLAIM", stream, group, consumer_name, _BAD_ID, "0-1")),
-                Probe("XRANGE", stream, ("XRANGE", stream, "+", "-", "COUNT", 1)),
-                Probe("XINFO CONSUMERS", stream, ("XINFO", "CONSUMERS", stream, group)),
-                Probe("XADD", dlq, ("XADD", dlq, "0-0", "probe", "")),
-                Probe("EVAL", f"{stream}, {dlq}",
-                      ("EVAL", _PROBE_SCRIPT, 2, stream, dlq, group, consumer_name)),
-            ]
-            if spec.retention is not None:
-                probes += [
-                    Probe("XTRIM", stream, ("XTRIM", stream, "MAXLEN", -1)),
-                    Probe("XLEN", stream, ("XLEN", stream)),
-                    Probe("XINFO GROUPS", stream, ("XINFO", "GROUPS", stream)),
-                ]
+            probes.append(Probe("XADD", dlq, ("XADD", dlq, "0-0", "probe", "")))
+            for key in (stream, replay_stream(stream, group)):
+                probes += _read_probes(spec, key, dlq, group, consumer_name)
+    return probes
+
+
+def _read_probes(
+    spec: HandlerSpec, stream: str, dlq: str, group: str, consumer_name: str
+) -> list[Probe]:
+    """Probes of what a consumer does on one stream key it reads."""
+    probes = [
+        Probe("XGROUP CREATE", stream,
+              ("XGROUP", "CREATE", stream, group, _BAD_ID, "MKSTREAM")),
+        Probe("XREADGROUP", stream, ("XREADGROUP", "GROUP", group, consumer_name,
+                                     "COUNT", 1, "STREAMS", stream, _BAD_ID)),
+        Probe("XACK", stream, ("XACK", stream, group, _BAD_ID)),
+        Probe("XPENDING", stream, ("XPENDING", stream, group, "-", "+", 1, consumer_name)),
+        Probe("XCLAIM", stream, ("XCLAIM", stream, group, consumer_name, _BAD_ID, "0-1")),
+        Probe("XRANGE", stream, ("XRANGE", stream, "+", "-", "COUNT", 1)),
+        Probe("XINFO CONSUMERS", stream, ("XINFO", "CONSUMERS", stream, group)),
+        Probe("XINFO GROUPS", stream, ("XINFO", "GROUPS", stream)),
+        Probe("EVAL", f"{stream}, {dlq}",
+              ("EVAL", _PROBE_SCRIPT, 2, stream, dlq, group, consumer_name)),
+    ]
+    if spec.retention is not None:
+        probes += [
+            Probe("XTRIM", stream, ("XTRIM", stream, "MAXLEN", -1)),
+            Probe("XLEN", stream, ("XLEN", stream)),
+        ]
     return probes
 
 

@@ -77,8 +77,9 @@ class Worker:
         acker = self.acker
         return WorkerStats(
             handlers=tuple(c.stats() for c in self.consumers),
-            acked=acker.acked if acker else 0, ack_flushes=acker.flushes if acker else 0,
-            unacked=len(acker) if acker else 0,
+            acked=acker.acked if acker is not None else 0,
+            ack_flushes=acker.flushes if acker is not None else 0,
+            unacked=len(acker) if acker is not None else 0,
         )
 
     def stop(self, reason: str = "requested") -> None:

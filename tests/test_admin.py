@@ -225,17 +225,21 @@ def test_dlq_list_limit_and_empty(
 
 
 def test_dlq_replay_by_id_round_trip(client: redis.Redis, redis_url: str) -> None:
-    """``dlq replay --id`` re-adds the exact original fields to the stream and removes the record."""
+    """``dlq replay --id`` re-adds the exact original fields to the replay stream of the group
+    that dead-lettered it (not to the stream other groups read) and removes the record."""
     made = make_orders(client, dead=2)
     first, second = (i.decode() for i in made["dlq_ids"])
     length_before = client.xlen("orders")
 
     result = sf("dlq", "replay", "orders", "--id", first, "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
-    assert "replayed 1 record from orders:dlq to orders" in result.stdout
+    assert "replayed 1 record of orders from orders:dlq" in result.stdout
+    assert "group billing: 1 record -> orders:replay:billing" in result.stdout
     assert client.xlen("orders:dlq") == 1
-    assert client.xlen("orders") == length_before + 1
-    (new_id, fields), = client.execute_command("XREVRANGE", "orders", "+", "-", "COUNT", 1)
+    assert client.xlen("orders") == length_before
+    assert client.xlen("orders:replay:billing") == 1
+    (new_id, fields), = client.execute_command(
+        "XREVRANGE", "orders:replay:billing", "+", "-", "COUNT", 1)
     assert fields == BINARY_FIELDS  # byte for byte, in order
     assert new_id.decode() in result.stdout
     remaining = client.execute_command("XRANGE", "orders:dlq", "-", "+")
@@ -246,13 +250,13 @@ def test_dlq_replay_by_id_round_trip(client: redis.Redis, redis_url: str) -> Non
     doc = json.loads(again.stdout)
     assert doc["replayed"] == []
     assert doc["not_found"] == [first]
-    assert client.xlen("orders") == length_before + 1
+    assert client.xlen("orders:replay:billing") == 1
 
 
 def test_dlq_replay_all_round_trip(client: redis.Redis, redis_url: str) -> None:
     """``dlq replay --all`` replays every record in order, byte-exact, and empties the DLQ."""
     made = make_orders(client, dead=3)
-    before = client.execute_command("XRANGE", "orders", "-", "+")
+    before = client.execute_command("XRANGE", "orders:replay:billing", "-", "+")
 
     result = sf("dlq", "replay", "orders", "--all", "--json", "--redis-url", redis_url)
     assert result.returncode == 0, result.stderr
@@ -261,7 +265,8 @@ def test_dlq_replay_all_round_trip(client: redis.Redis, redis_url: str) -> None:
     assert [r["id"] for r in doc["replayed"]] == [i.decode() for i in made["ids"][3:]]
     assert doc["not_found"] == [] and doc["skipped"] == []
     assert client.xlen("orders:dlq") == 0
-    after = client.execute_command("XRANGE", "orders", "-", "+")
+    assert doc["groups"] == {"billing": {"to": "orders:replay:billing", "replayed": 3}}
+    after = client.execute_command("XRANGE", "orders:replay:billing", "-", "+")
     added = after[len(before):]
     assert [e[0].decode() for e in added] == [r["new_id"] for r in doc["replayed"]]
     assert all(fields == BINARY_FIELDS for _, fields in added)
@@ -316,7 +321,7 @@ def test_worker_dead_letters_are_listed_and_replayed(
     assert record["fields"] == {"task": "square", "n": "4"}
     assert main(["dlq", "replay", "jobs", *dlq, "--all", "--redis-url", redis_url]) == 0
     assert client.xlen("dead.jobs") == 0
-    (_, fields), = client.execute_command("XREVRANGE", "jobs", "+", "-", "COUNT", 1)
+    (_, fields), = client.execute_command("XREVRANGE", "jobs:replay:runner", "+", "-", "COUNT", 1)
     assert fields == [b"task", b"square", b"n", b"4"]
     assert seen == [{"task": "square", "n": "4"}]
 
@@ -352,5 +357,35 @@ def test_shared_dlq_is_filtered_by_stream(
     assert main(["dlq", "replay", "alpha", "--all", *shared]) == 0
     capsys.readouterr()
     assert [r[0].decode() for r in client.execute_command("XRANGE", "shared", "-", "+")] == [b]
-    assert client.execute_command("XRANGE", "alpha", "-", "+")[0][1] == [b"v", b"1"]
+    assert client.execute_command("XRANGE", "alpha:replay:g", "-", "+")[0][1] == [b"v", b"1"]
     assert not client.exists("beta")
+
+
+def test_dlq_group_filter_lists_and_replays_one_group(
+    client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--group`` limits dlq list and replay to one group's records; without it a replay says
+    per group where each group's records went."""
+    def record(group: str, value: bytes) -> str:
+        fields = build_record(stream="orders", raw_id=b"1-0", group=group, consumer="c",
+                              attempts=1, error_type="E", error="e", handler="h",
+                              raw_fields=[b"v", value])
+        return bytes(client.execute_command("XADD", "orders:dlq", "*", *fields)).decode()
+
+    b1, e1, b2 = record("billing", b"1"), record("email", b"2"), record("billing", b"3")
+    url = ["--redis-url", redis_url]
+    assert main(["dlq", "list", "orders", "--group", "email", "--json", *url]) == 0
+    assert [r["dlq_id"] for r in json.loads(capsys.readouterr().out)["records"]] == [e1]
+    assert main(["dlq", "replay", "orders", "--id", e1, "--group", "billing", "--json", *url]) == 1
+    assert "not 'billing'" in json.loads(capsys.readouterr().out)["skipped"][0]["reason"]
+    assert main(["dlq", "replay", "orders", "--all", "--group", "billing", *url]) == 0
+    out = capsys.readouterr().out
+    assert "group billing: 2 records -> orders:replay:billing" in out
+    assert [r[0].decode() for r in client.execute_command("XRANGE", "orders:dlq", "-", "+")] == [e1]
+    assert main(["dlq", "replay", "orders", "--all", *url]) == 0
+    assert "group email: 1 record -> orders:replay:email" in capsys.readouterr().out
+    assert [f for _, f in client.execute_command("XRANGE", "orders:replay:billing", "-", "+")] == [
+        [b"v", b"1"], [b"v", b"3"]]
+    assert client.xlen("orders:replay:email") == 1
+    assert client.exists("orders") == 0  # the stream every group reads got nothing
+    del b1, b2

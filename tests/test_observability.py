@@ -114,3 +114,19 @@ async def test_no_per_message_debug_line_when_structlog_is_not_configured(redis_
         await _wait(lambda: worker.stats().handled == 1, "1 handled")
         consumer = worker.consumers[0]
         assert consumer.pool.func is work  # not wrapped
+
+
+async def test_stats_count_acks(redis_url: str) -> None:
+    """Worker.stats() reports the acks Redis confirmed (an empty ack buffer is no reason to
+    report 0)."""
+    app = App(redis_url)
+
+    @app.handler("jobs", group="g")
+    async def work(msg: Message) -> None:
+        pass
+
+    async with running_worker(app, redis_url) as worker:
+        await app.publish_many("jobs", range(20))
+        await _wait(lambda: worker.stats().acked == 20, "20 acks confirmed")
+        assert worker.stats().unacked == 0
+    assert worker.stats().acked == 20

@@ -111,13 +111,14 @@ def acl(redis_url: str) -> Iterator[AclUsers]:
         users.close()
 
 
-ORDERS_KEYS = ["orders", "orders:dlq"]
+ORDERS_KEYS = ["orders", "orders:replay:billing", "orders:dlq"]
 WORKER_RULES = acl_rules(WORKER_COMMANDS, ORDERS_KEYS)
 PRODUCER_RULES = acl_rules(PRODUCER_COMMANDS, ["orders"])
-ADMIN_RULES = acl_rules(ADMIN_COMMANDS, ORDERS_KEYS)
+ADMIN_RULES = acl_rules(ADMIN_COMMANDS, ["orders", "orders:dlq", "orders:replay:*"])
 SELECTOR_WORKER_RULES = [
-    *acl_rules([c for c in WORKER_COMMANDS if c not in ("xadd", "eval")], ["orders"]),
-    "(+xadd ~orders:dlq)", "(+eval ~orders ~orders:dlq)",
+    *acl_rules([c for c in WORKER_COMMANDS if c not in ("xadd", "eval")],
+               ["orders", "orders:replay:billing"]),
+    "(+xadd ~orders:dlq)", "(+eval ~orders ~orders:replay:billing ~orders:dlq)",
 ]
 
 
@@ -288,7 +289,8 @@ def test_operator_commands_run_under_the_documented_admin_user(acl: AclUsers) ->
         assert out.returncode == 0, (args, out.stderr)
         assert "pw-sf-admin" not in out.stdout + out.stderr
     assert admin.xlen("orders:dlq") == 0
-    assert [fields for _, fields in admin.xrange("orders")] == [{"sf:json": '"replay me"'}]
+    assert admin.xrange("orders") == []  # replayed to billing's replay stream only
+    assert [f for _, f in admin.xrange("orders:replay:billing")] == [{"sf:json": '"replay me"'}]
     assert [e for e in admin.execute_command("ACL", "LOG") if e.get("username") == "sf-admin"] == []
 
 

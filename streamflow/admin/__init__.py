@@ -83,6 +83,10 @@ def add_admin_commands(sub: Any) -> None:
         "--dlq", metavar="NAME",
         help="dead-letter stream (default STREAM:dlq; {stream} is replaced by STREAM)",
     )
+    dlq_opt.add_argument(
+        "--group", metavar="GROUP",
+        help="only records of this consumer group (default: every group's)",
+    )
 
     lst = dlq_sub.add_parser(
         "list", parents=[dlq_opt, common], help="list dead-letter records (oldest first)",
@@ -96,9 +100,11 @@ def add_admin_commands(sub: Any) -> None:
         "replay", parents=[dlq_opt, common],
         help="re-publish dead-letter records to their stream and remove them from the DLQ",
         description="Re-publish the original fields of dead-letter records (byte for byte) "
-        "to STREAM and delete the records from the dead-letter stream, atomically per "
-        "record. Exit status 0 when every requested record was replayed, 1 when some "
-        "were not found or skipped.",
+        "and delete the records from the dead-letter stream, atomically per record. Each "
+        "record goes back only to the group that dead-lettered it: to the replay stream "
+        "STREAM:replay:GROUP, which that group's workers read alongside STREAM (the other "
+        "groups of STREAM never see it). Exit status 0 when every requested record was "
+        "replayed, 1 when some were not found or skipped.",
     )
     which = rep.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", dest="ids", action="append", metavar="ID",

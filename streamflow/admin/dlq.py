@@ -30,13 +30,14 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         if not await dlq_exists(client, stream, dlq):
             return 0, [], False
         length = int(await client.execute_command("XLEN", dlq))
-        records, more = await read_records(client, stream, dlq, limit=args.limit)
+        records, more = await read_records(client, stream, dlq, limit=args.limit,
+                                           group=args.group)
         return length, records, more
 
     length, records, more = run(url, work)
     if args.json:
         emit_json({
-            "stream": stream, "dlq": dlq, "dlq_length": length, "more": more,
+            "stream": stream, "dlq": dlq, "group": args.group, "dlq_length": length, "more": more,
             "records": [record_json(r) for r in records],
         })
     else:
@@ -52,11 +53,11 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     ids: list[str] | None = None if args.all else list(args.ids or [])
 
     async def work(client: Any, conn: Connection) -> ReplayResult:
-        return await replay(client, stream, dlq, ids)
+        return await replay(client, stream, dlq, ids, group=args.group)
 
     result = run(url, work)
     if args.json:
-        emit_json({"stream": stream, "dlq": dlq, **result.to_json()})
+        emit_json({"stream": stream, "dlq": dlq, "group": args.group, **result.to_json()})
     else:
         print(render_replay(stream, dlq, result))
     return 1 if result.not_found or result.skipped else 0

@@ -183,9 +183,13 @@ def render_records(
 def render_replay(stream: str, dlq: str, result: ReplayResult) -> str:
     """The text of ``streamflow dlq replay``: what was replayed, not found and skipped."""
     n = len(result.replayed)
-    lines = [f"replayed {n} record{'s' if n != 1 else ''} from {dlq} to {stream}"]
+    lines = [f"replayed {n} record{'s' if n != 1 else ''} of {stream} from {dlq}"]
+    for group, (to, count) in sorted(result.by_group().items()):
+        who = f"group {group}" if group else "records naming no group"
+        lines.append(f"  {who}: {count} record{'s' if count != 1 else ''} -> {to}"
+                     + ("" if group else " (every group of the stream will see them)"))
     for r in result.replayed:
-        lines.append(f"  {r['dlq_id']} -> {stream} {r['new_id']} (originally {r['id'] or '?'})")
+        lines.append(f"  {r['dlq_id']} -> {r['to']} {r['new_id']} (originally {r['id'] or '?'})")
     if result.not_found:
         lines.append(
             f"not found in {dlq}: {len(result.not_found)} ({', '.join(result.not_found)})"

@@ -43,19 +43,21 @@ class Claims:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, pool: SlotPool, failures: Failures,
-        group: str, consumer: str, max_payload_bytes: int, counters: Counters,
-        stop: StopSignal, log: Any,
+        origin: dict[str, str], group: str, consumer: str, max_payload_bytes: int,
+        counters: Counters, stop: StopSignal, log: Any,
     ) -> None:
         self.client = client  # shared redis.asyncio client
         self.spec = spec  # for max_attempts
         self.pool = pool  # where claimed entries run
         self.failures = failures  # dead-letters entries out of attempts, acks deleted ones
+        self.origin = origin  # stream key -> the stream its entries belong to (replay streams)
         self.group = group
         self.consumer = consumer  # claims are made for this consumer name
         self.max_payload_bytes = max_payload_bytes  # handed to every Message
         self.counters = counters  # reclaimed
         self.stop = stop
         self.log = log
+        self._draining_after_error = False  # the drain hit an error and has not read since
 
     async def claim(self, stream: str, due: list[tuple[bytes, int, int]]) -> int:
         """XCLAIM ``due`` ((id, min idle ms, deliveries) rows) as slots free up; return how many."""
@@ -91,17 +93,19 @@ class Claims:
         batch: list[Message] = []
         limit = self.max_payload_bytes
         max_attempts = self.spec.retry.max_attempts
+        key, stream = stream, self.origin.get(stream, stream)
         entries = parse_entries(claimed)
         self.counters.reclaimed += len(entries)
         returned = {raw_id for raw_id, _ in entries}
         missing = [raw_id for raw_id in attempts if raw_id not in returned]
         if missing:
-            await self.failures.count_deleted(stream, missing)
+            await self.failures.count_deleted(key, missing)
         for raw_id, raw_fields in entries:
             if raw_fields is None:
-                await self.failures.ack_trimmed(stream, [raw_id])
+                await self.failures.ack_trimmed(key, [raw_id])
                 continue
-            msg = Message(raw_id, raw_fields, stream, self.group, attempts.get(raw_id, 1), limit)
+            msg = Message(raw_id, raw_fields, stream, self.group, attempts.get(raw_id, 1), limit,
+                          key)
             if msg.attempt > max_attempts:
                 try:
                     await self.failures.dead_letter(
@@ -129,7 +133,7 @@ class Claims:
         for stream in streams:
             cursor = ["-"]  # XPENDING start of what is not handed over yet
             delay = 0.0
-            failing = False
+            self._draining_after_error = False
             while not self.stop.is_set:
                 try:
                     done = await self._drain_page(stream, cursor)
@@ -139,18 +143,15 @@ class Claims:
                         break  # nothing of ours is pending in a group that is gone
                     if kind not in (Kind.TRANSIENT, Kind.OOM):
                         raise
-                    if not failing:
+                    if not self._draining_after_error:
                         self.log.warning("own_pending_drain_failed", stream=stream,
                                          error=str(exc) or type(exc).__name__,
                                          hint="retrying with backoff")
-                        failing = True
+                        self._draining_after_error = True
                     delay = min(max(delay * 2, 0.1), 5.0)
                     await self.stop.pause(delay)
                     continue
-                if failing:
-                    self.log.info("own_pending_drain_recovered", stream=stream)
-                    failing = False
-                    delay = 0.0
+                delay = 0.0
                 if done:
                     break
 
@@ -163,6 +164,9 @@ class Claims:
         rows = await self.client.execute_command(
             "XPENDING", stream, self.group, cursor[0], "+", OWN_PAGE, self.consumer
         )
+        if self._draining_after_error:
+            self.log.info("own_pending_drain_recovered", stream=stream)
+            self._draining_after_error = False
         if not rows:
             return True
         self.log.info("own_pending_found", stream=stream, entries=len(rows))

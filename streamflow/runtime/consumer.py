@@ -30,6 +30,7 @@ import anyio.abc
 import structlog
 
 from ..config import Settings
+from ..keys import replay_stream
 from ..spec import HandlerSpec
 from ..stats import Counters, HandlerStats
 from .acks import AckBuffer
@@ -59,6 +60,11 @@ class Consumer:
         self.name = consumer_name  # this process's consumer name in every group
         self.group = spec.group
         self.streams = spec.streams
+        # Each stream's replay stream: `dlq replay` writes this group's records there, so a
+        # replayed entry reaches this handler and no other group of the stream.
+        replays = {replay_stream(s, self.group): s for s in self.streams}
+        self.keys = self.streams + tuple(replays)  # every stream key this consumer reads
+        origin = {**{s: s for s in self.streams}, **replays}  # key -> the stream handlers see
         self.concurrency = settings.concurrency or spec.concurrency  # handler slots
         self.settings = settings
         self.counters = Counters()  # everything the parts count (snapshot: stats())
@@ -74,32 +80,35 @@ class Consumer:
             func = logging_handled(func, self.log)
         self.pool = SlotPool(
             func, concurrency=self.concurrency, acker=acker, group=self.group,
-            streams=self.streams, counters=self.counters, stop=self.stop_signal,
+            keys=self.keys, counters=self.counters, stop=self.stop_signal,
             on_failure=self.failures.handle,
         )
-        self.groups = Groups(client, streams=self.streams, group=self.group,
-                             start_id=spec.start_id, stop=self.stop_signal, log=self.log)
+        # A replay stream holds only what an operator replayed: always read from its start.
+        starts = {s: spec.start_id for s in self.streams} | dict.fromkeys(replays, "0")
+        self.groups = Groups(client, starts=starts, group=self.group, stop=self.stop_signal,
+                             log=self.log)
         self.claims = Claims(
-            client, spec, pool=self.pool, failures=self.failures, group=self.group,
-            consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
+            client, spec, pool=self.pool, failures=self.failures, origin=origin,
+            group=self.group, consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
             stop=self.stop_signal, **common,
         )
         # Each read loop asks for at most a share of the slots (a third with two loops),
         # so the next read is already on its way while the slots work through a batch.
         batch = max(1, min(settings.batch_size, self.concurrency // (settings.readers + 1)))
         self.reader = Reader(
-            client, pool=self.pool, acker=acker, groups=self.groups, consumer=self.name,
+            client, pool=self.pool, acker=acker, groups=self.groups, origin=origin,
+            consumer=self.name,
             block_ms=settings.block_ms, batch=batch,
             max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
         )
         self.reclaimer = Reclaimer(
-            client, spec, pool=self.pool, claims=self.claims, group=self.group,
-            consumer=self.name, interval=settings.reclaim_interval,
+            client, spec, pool=self.pool, claims=self.claims, keys=self.keys,
+            group=self.group, consumer=self.name, interval=settings.reclaim_interval,
             visibility_timeout=settings.visibility_timeout, stop=self.stop_signal, **common,
         )
         self.maintenance = Maintenance(client, spec, consumer=self.name,
                                        dead_consumer_after=settings.dead_consumer_after,
-                                       log=self.log)
+                                       log=self.log, keys=self.keys)
         self._client = client
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -120,7 +129,7 @@ class Consumer:
                         self._intake_scope = intake_scope
                         if not self.stop_signal.is_set:
                             async with anyio.create_task_group() as intake:
-                                await self.claims.drain_own_pending(self.streams)
+                                await self.claims.drain_own_pending(self.keys)
                                 for _ in range(self.settings.readers):
                                     intake.start_soon(self.reader.run)
                                 intake.start_soon(self.reclaimer.run)

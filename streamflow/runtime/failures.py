@@ -110,13 +110,13 @@ class Failures:
     async def park(self, msg: Message) -> None:
         """Move ``msg`` to the retry consumer until its backoff elapsed (if still ours)."""
         moved = await self.client.eval(
-            scripts.CLAIM_IF_OWNED, 1, msg.stream, self.group, self.consumer,
+            scripts.CLAIM_IF_OWNED, 1, msg.key, self.group, self.consumer,
             RETRY_CONSUMER, msg.raw_id,
         )
         if moved:
             self.counters.retried += 1
         else:
-            await self.count_deleted(msg.stream, [msg.raw_id])
+            await self.count_deleted(msg.key, [msg.raw_id])
 
     async def dead_letter(
         self, msg: Message, error_type: str, error: str, exc: BaseException | None = None
@@ -126,7 +126,7 @@ class Failures:
         tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
         record_id = await move_to_dead_letter(
             self.client, stream=msg.stream, dlq=dlq, group=self.group, consumer=self.consumer,
-            handler=self.spec.name, msg_raw_id=msg.raw_id, raw_fields=msg.raw_fields,
+            handler=self.spec.name, msg_raw_id=msg.raw_id, key=msg.key, raw_fields=msg.raw_fields,
             attempts=msg.attempt, error_type=error_type, error=error, traceback=tb,
         )
         if record_id:
@@ -139,7 +139,10 @@ class Failures:
                              reason="entry was no longer pending")
 
     async def count_deleted(self, stream: str, raw_ids: list[bytes]) -> None:
-        """Of ``raw_ids`` (pending ids a claim did not return), ack and count the deleted ones."""
+        """Of ``raw_ids`` (pending ids a claim did not return), ack and count the deleted ones.
+
+        ``stream`` here and in :meth:`ack_trimmed` is the key the entries are pending in.
+        """
         pipe = self.client.pipeline(transaction=False)
         for raw_id in raw_ids:
             pipe.execute_command("XRANGE", stream, raw_id, raw_id)

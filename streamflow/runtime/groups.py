@@ -27,13 +27,12 @@ class Groups:
     """The consumer group ``group`` on every stream of one handler."""
 
     def __init__(
-        self, client: Any, *, streams: tuple[str, ...], group: str, start_id: str,
-        stop: StopSignal, log: Any,
+        self, client: Any, *, starts: dict[str, str], group: str, stop: StopSignal, log: Any,
     ) -> None:
         self.client = client  # shared redis.asyncio client
-        self.streams = streams
+        self.starts = starts  # stream key -> where a new group starts there ("0", "$", an id)
+        self.streams = tuple(starts)  # every key the group is read on
         self.group = group
-        self.start_id = start_id  # where a new group starts: "$", "0" or an id
         self.stop = stop  # creation retries give up once set
         self.log = log
         self.last_seen: dict[str, bytes] = {}  # newest id read per stream (readers write it)
@@ -41,7 +40,7 @@ class Groups:
     async def ensure(self, start_ids: dict[str, bytes | str] | None = None) -> None:
         """Create the group on every stream (MKSTREAM); an existing group is left as it is."""
         for stream in self.streams:
-            start = (start_ids or {}).get(stream, self.start_id)
+            start = (start_ids or {}).get(stream, self.starts[stream])
             delay = 0.5
             while not await self._create(stream, start, recreated=bool(start_ids)):
                 await self.stop.pause(delay)

@@ -52,7 +52,7 @@ async def renew_leases(
         for state in list(pool.states):
             msg = state.msg
             if msg is not None and now - state.leased >= every:
-                due.setdefault(msg.stream, []).append(state)
+                due.setdefault(msg.key, []).append(state)
         for stream, states in due.items():
             raw_ids = [st.msg.raw_id for st in states if st.msg is not None]
             try:

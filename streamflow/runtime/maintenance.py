@@ -31,10 +31,11 @@ class Maintenance:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, consumer: str, dead_consumer_after: float,
-        log: Any,
+        log: Any, keys: tuple[str, ...] | None = None,
     ) -> None:
         self.client = client  # shared redis.asyncio client
-        self.spec = spec  # streams, group and retention policy
+        self.spec = spec  # group and retention policy
+        self.keys = keys or spec.streams  # every key the group reads (streams, replay streams)
         self.consumer = consumer  # never pruned: this process
         self.dead_consumer_after = dead_consumer_after  # seconds idle before a consumer goes
         self.every = min(30.0, max(1.0, dead_consumer_after / 10))  # seconds between passes
@@ -53,8 +54,8 @@ class Maintenance:
                     self.log.error("maintenance_failed", error=str(exc) or type(exc).__name__)
 
     async def maintain(self) -> None:
-        """One pass: prune consumers, then trim, on every stream."""
-        for stream in self.spec.streams:
+        """One pass: prune consumers, then trim, on every stream key."""
+        for stream in self.keys:
             await self.prune_consumers(stream)
             if self.spec.retention is not None:
                 await self.trim(stream)

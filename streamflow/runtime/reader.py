@@ -35,8 +35,8 @@ class Reader:
 
     def __init__(
         self, client: Any, *, pool: SlotPool, acker: AckBuffer, groups: Groups,
-        consumer: str, block_ms: int, batch: int, max_payload_bytes: int,
-        counters: Counters, stop: StopSignal, log: Any,
+        origin: dict[str, str], consumer: str, block_ms: int, batch: int,
+        max_payload_bytes: int, counters: Counters, stop: StopSignal, log: Any,
     ) -> None:
         self.client = client  # each loop takes its own connection from this client's pool
         self.pool = pool  # where entries go; reserve() bounds every read
@@ -49,8 +49,8 @@ class Reader:
         self.counters = counters  # reads, read_passes
         self.stop = stop
         self.log = log
-        streams = groups.streams
-        self._stream_by_raw = {s.encode(): s for s in streams}  # reply key -> name
+        # reply key -> (key, the stream a handler sees: the original one for replay streams)
+        self._by_raw = {k.encode(): (k, origin.get(k, k)) for k in groups.streams}
 
     async def run(self) -> None:
         """Read batches until the stop signal is set (or cancelled)."""
@@ -110,11 +110,11 @@ class Reader:
         limit = self.max_payload_bytes
         last_seen = self.groups.last_seen
         batch: list[Message] = []
-        for raw_stream, entries in items:
-            stream = self._stream_by_raw.get(raw_stream) or raw_stream.decode()
+        for raw_key, entries in items:
+            key, stream = self._by_raw.get(raw_key) or (raw_key.decode(), raw_key.decode())
             if entries:
                 for raw_id, raw_fields in entries:
-                    batch.append(Message(raw_id, raw_fields, stream, group, 1, limit))
-                last_seen[stream] = entries[-1][0]
+                    batch.append(Message(raw_id, raw_fields, stream, group, 1, limit, key))
+                last_seen[key] = entries[-1][0]
         self.pool.submit(batch)
         return len(batch)

@@ -44,11 +44,13 @@ class Reclaimer:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, pool: SlotPool, claims: Claims,
-        group: str, consumer: str, interval: float, visibility_timeout: float,
+        keys: tuple[str, ...], group: str, consumer: str, interval: float,
+        visibility_timeout: float,
         counters: Counters, stop: StopSignal, log: Any,
     ) -> None:
         self.client = client  # shared redis.asyncio client
-        self.spec = spec  # streams and retry policy
+        self.spec = spec  # retry policy
+        self.keys = keys  # every stream key the group reads (streams and replay streams)
         self.pool = pool  # running entries are skipped; crash suspects are tracked here
         self.claims = claims  # takes due entries over and hands them to the pool
         self.group = group
@@ -85,7 +87,7 @@ class Reclaimer:
     async def reclaim_once(self) -> int:
         """One pass over every stream; returns how many entries were claimed."""
         total = 0
-        for stream in self.spec.streams:
+        for stream in self.keys:
             total += await self._scan(stream, retries=True)
             total += await self._scan(stream, retries=False)
         return total

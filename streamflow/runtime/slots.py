@@ -80,7 +80,7 @@ class SlotPool:
         concurrency: int,
         acker: AckBuffer,
         group: str,
-        streams: tuple[str, ...],
+        keys: tuple[str, ...],
         counters: Counters,
         stop: StopSignal,
         on_failure: FailureHook,
@@ -89,7 +89,7 @@ class SlotPool:
         self.concurrency = concurrency  # most entries taken (queued + running) at once
         self.acker = acker  # where handled ids go
         self.group = group
-        self.streams = streams
+        self.keys = keys  # the stream keys entries come from (streams and replay streams)
         self.counters = counters  # handled / high_water are counted here
         self.stop = stop  # reserve() promises nothing once set
         self.on_failure = on_failure  # the failure path (retry or dead-letter)
@@ -163,12 +163,12 @@ class SlotPool:
 
     def running_ids(self) -> set[tuple[str, bytes]]:
         """(stream, id) of every entry a handler of this pool is running now."""
-        return {(st.msg.stream, st.msg.raw_id) for st in self.states if st.msg is not None}
+        return {(st.msg.key, st.msg.raw_id) for st in self.states if st.msg is not None}
 
-    def holds(self, stream: str, raw_id: bytes) -> bool:
-        """True if the entry is queued or running here."""
-        return any(m.raw_id == raw_id and m.stream == stream for m in self._queue) or (
-            (stream, raw_id) in self.running_ids()
+    def holds(self, key: str, raw_id: bytes) -> bool:
+        """True if the entry (pending in stream ``key``) is queued or running here."""
+        return any(m.raw_id == raw_id and m.key == key for m in self._queue) or (
+            (key, raw_id) in self.running_ids()
         )
 
     def observe(self, now: float) -> None:
@@ -251,7 +251,7 @@ class SlotPool:
         func = self.func
         acker = self.acker
         notify = acker.notify
-        buckets = {stream: acker.bucket(stream, self.group) for stream in self.streams}
+        buckets = {key: acker.bucket(key, self.group) for key in self.keys}
         ack_max = acker.max_batch
         suspects = self.suspects
         counters = self.counters
@@ -307,7 +307,7 @@ class SlotPool:
                     suspects.discard(msg._id)
                 if failure is None:
                     counters.handled += 1
-                    bucket = buckets[msg.stream]
+                    bucket = buckets[msg.key]
                     bucket.append(msg._id)
                     n = len(bucket)
                     if n == 1 or n >= ack_max:

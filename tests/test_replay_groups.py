@@ -1,0 +1,93 @@
+"""dlq replay reaches only the group that dead-lettered an entry, never the other groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import anyio
+import pytest
+
+from streamflow import App, Message, Reject, Retry
+from streamflow.testing import running_worker
+
+pytestmark = pytest.mark.anyio
+
+
+async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.02)
+
+
+async def _cli(*args: str) -> dict[str, object]:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "streamflow", *args, "--json"], check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    doc: dict[str, object] = json.loads(result.stdout)
+    return doc
+
+
+async def test_replay_reaches_only_the_failed_group(any_redis_url: str) -> None:
+    """One stream, two groups: billing dead-letters, email succeeds; `dlq replay --all` runs the
+    entries again for billing only: email never handles them twice."""
+    app = App(any_redis_url)
+    billing: list[tuple[str, str, bool]] = []
+    email: list[str] = []
+    fail = {"on": True}
+
+    @app.handler("orders", group="billing", retry=Retry(max_attempts=1))
+    async def bill(msg: Message) -> None:
+        billing.append((msg.stream, msg.payload["n"], msg.replayed))
+        if fail["on"]:
+            raise Reject("card declined")
+
+    @app.handler("orders", group="email")
+    async def send(msg: Message) -> None:
+        email.append(msg.payload["n"])
+
+    async with running_worker(app, any_redis_url) as worker:
+        await app.publish_many("orders", [{"n": f"o{i}"} for i in range(3)])
+        await _wait(lambda: worker.stats().handler("bill").dead_lettered == 3
+                    and len(email) == 3, "3 dead letters and 3 emails")
+        fail["on"] = False
+        doc = await _cli("dlq", "replay", "orders", "--all", "--redis-url", any_redis_url)
+        assert doc["groups"] == {"billing": {"to": "orders:replay:billing", "replayed": 3}}
+        await _wait(lambda: worker.stats().handler("bill").handled == 3, "the 3 replays")
+        # The email group reads the stream the replay did not touch: a few more passes of
+        # its reader, and nothing new arrives there.
+        before = worker.stats().read_passes
+        await _wait(lambda: worker.stats().read_passes >= before + 4, "more read passes")
+    assert sorted(email) == ["o0", "o1", "o2"]
+    replays = [b for b in billing if b[2]]
+    assert sorted(n for _, n, _ in replays) == ["o0", "o1", "o2"]
+    assert all(stream == "orders" for stream, _, _ in replays)  # the stream the handler knows
+
+
+async def test_a_replayed_entry_that_fails_again_is_dead_lettered_again(redis_url: str) -> None:
+    """A replayed entry that fails again goes back to the dead-letter stream under its original
+    stream and group, and can be replayed once more."""
+    app = App(redis_url)
+    attempts: list[bool] = []
+
+    @app.handler("jobs", group="g", retry=Retry(max_attempts=1))
+    async def work(msg: Message) -> None:
+        attempts.append(msg.replayed)
+        raise Reject("still broken")
+
+    async with running_worker(app, redis_url) as worker:
+        await app.publish("jobs", {"x": 1})
+        await _wait(lambda: worker.stats().dead_lettered == 1, "first dead letter")
+        await _cli("dlq", "replay", "jobs", "--all", "--redis-url", redis_url)
+        await _wait(lambda: worker.stats().dead_lettered == 2, "second dead letter")
+        listed = await _cli("dlq", "list", "jobs", "--redis-url", redis_url)
+        (record,) = listed["records"]  # type: ignore[misc]
+        assert record["stream"] == "jobs" and record["group"] == "g"
+        again = await _cli("dlq", "replay", "jobs", "--all", "--group", "g", "--redis-url",
+                           redis_url)
+        assert again["groups"] == {"g": {"to": "jobs:replay:g", "replayed": 1}}
+        await _wait(lambda: worker.stats().dead_lettered == 3, "third dead letter")
+    assert attempts == [False, True, True]
