@@ -13,6 +13,11 @@ payload ``{"n": i, ...}`` so one app serves every fault:
   (dead-lettered at once); invalid JSON and oversized payloads raise ``PayloadError``
   from ``msg.payload`` (dead-lettered by the worker).
 
+With ``$CHAOS_START_GATE`` set to a path, a startup hook holds the worker's start-up
+after its PING and permission check and before it creates its groups, until that file
+exists (logging ``chaos_start_gate_waiting`` first): a window for faulting the server
+during group creation.
+
 Every execution is written to the ledger (see :mod:`.ledger`) before the body (``start``)
 and after it (``end``). Settings: ``CHAOS_CONCURRENCY`` (16), ``CHAOS_TIMEOUT`` (30 s),
 ``CHAOS_MAX_ATTEMPTS`` (3), ``CHAOS_BACKOFF`` (0.2 s), ``CHAOS_WORKER`` (a label).
@@ -25,6 +30,7 @@ import os
 import time
 
 import anyio
+import structlog
 
 from streamflow import App, Message, Reject, Retry
 
@@ -35,12 +41,23 @@ GROUP = os.environ.get("CHAOS_GROUP", "chaos")
 SLEEP = float(os.environ.get("CHAOS_SLEEP", "0"))
 SLEEP_CAP = float(os.environ.get("CHAOS_SLEEP_CAP", "0") or 0)
 WORKER = os.environ.get("CHAOS_WORKER", "")
+START_GATE = os.environ.get("CHAOS_START_GATE", "")
 PID = os.getpid()
 
 LEDGER = writer_from_env()
 _seq = itertools.count()
 
 app = App(name="chaos")
+
+
+@app.on_startup
+async def start_gate() -> None:
+    """With ``$CHAOS_START_GATE``: wait until that file exists (see the module doc)."""
+    if not START_GATE:
+        return
+    structlog.get_logger("chaos").info("chaos_start_gate_waiting", gate=START_GATE)
+    while not os.path.exists(START_GATE):
+        await anyio.sleep(0.02)
 
 
 @app.handler(

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,8 @@ class Workers:
 
     def spawn(self, url: str, *, label: str | None = None, vis: float = 2.0,
               name: str | None = None, env: dict[str, str] | None = None, app: str = "app",
-              ready: bool = True) -> WorkerProc:
+              args: Sequence[str] = (), ready: bool = True) -> WorkerProc:
+        """Start ``streamflow run tests.chaos.apps:<app>`` (``args``: extra CLI options)."""
         self._n += 1
         label = label or f"w{self._n}"
         log = self.log_dir / f"worker-{self._n}-{label}.log"
@@ -229,6 +230,7 @@ class Workers:
                "--redis-url", url, "--visibility-timeout", str(vis)]
         if name:
             cmd += ["--consumer-name", name]
+        cmd += list(args)
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
