@@ -93,7 +93,7 @@ class Consumer:
         )
         self.maintenance = Maintenance(client, spec, consumer=self.name,
                                        dead_consumer_after=settings.dead_consumer_after,
-                                       log=self.log)
+                                       log=self.log, counters=self.counters)
         self._client = client
 
     # -- lifecycle ------------------------------------------------------------------------
