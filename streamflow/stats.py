@@ -18,8 +18,8 @@ class Counters:
     """Mutable counters of one handler's consumer (written by the runtime only)."""
 
     __slots__ = (
-        "dead_lettered", "failed", "handled", "high_water", "read_passes", "reads",
-        "reclaim_passes", "reclaimed", "retried", "trimmed",
+        "dead_lettered", "failed", "handled", "high_water", "maintenance_passes", "read_passes",
+        "reads", "reclaim_passes", "reclaimed", "retried", "trimmed",
     )
 
     def __init__(self) -> None:
@@ -32,6 +32,7 @@ class Counters:
         self.reads = 0  # XREADGROUP calls that returned entries
         self.read_passes = 0  # XREADGROUP calls that returned (with or without entries)
         self.reclaim_passes = 0  # reclaimer passes completed (with or without claims)
+        self.maintenance_passes = 0  # maintenance passes (prune, trim) completed, failed or not
         self.high_water = 0  # most handlers ever in flight at once
 
 
@@ -55,6 +56,7 @@ class HandlerStats:
     reads: int
     read_passes: int
     reclaim_passes: int
+    maintenance_passes: int
     high_water: int
 
     @property
@@ -92,6 +94,12 @@ class WorkerStats:
     acked: int  # ids Redis confirmed acked
     ack_flushes: int  # ack pipelines sent
     unacked: int  # ids buffered, not yet sent
+    ack_missing: int  # ids XACK reported as not pending (already acked or deleted)
+
+    @property
+    def finished(self) -> int:
+        """Entries that will not run again here, over every handler (see :attr:`HandlerStats.finished`)."""
+        return sum(h.finished for h in self.handlers)
 
     def total(self, counter: str) -> int:
         """``counter`` (e.g. ``"handled"``) summed over every handler (``high_water``: the most)."""

@@ -75,11 +75,12 @@ class Worker:
     def stats(self) -> WorkerStats:
         """A snapshot of every counter: per handler, and the ack buffer's."""
         acker = self.acker
+        handlers = tuple(c.stats() for c in self.consumers)
+        if acker is None:  # (not "if not acker": an empty AckBuffer is falsy, it has __len__)
+            return WorkerStats(handlers=handlers, acked=0, ack_flushes=0, unacked=0, ack_missing=0)
         return WorkerStats(
-            handlers=tuple(c.stats() for c in self.consumers),
-            acked=acker.acked if acker is not None else 0,
-            ack_flushes=acker.flushes if acker is not None else 0,
-            unacked=len(acker) if acker is not None else 0,
+            handlers=handlers, acked=acker.acked, ack_flushes=acker.flushes,
+            unacked=len(acker), ack_missing=acker.missing,
         )
 
     def stop(self, reason: str = "requested") -> None:

@@ -19,7 +19,7 @@ from streamflow.cli import main
 from streamflow.deadletter import build_record
 from streamflow.embedded import free_port
 from streamflow.keys import RETRY_CONSUMER
-from streamflow.worker import Worker
+from streamflow.testing import running_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,17 +299,9 @@ def test_worker_dead_letters_are_listed_and_replayed(
         raise Reject("not today")
 
     async def produce_and_fail() -> None:
-        worker = Worker(app, app.settings(redis_url=redis_url, reclaim_interval=0.2),
-                        handle_signals=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.serve)
-            await worker.ready.wait()
+        async with running_worker(app, redis_url):
             await app.publish_fields("jobs", {"task": "square", "n": "4"})
-            with anyio.fail_after(10):
-                while client.xlen("dead.jobs") < 1:
-                    await anyio.sleep(0.02)
-            worker.stop()
-        await app.aclose()
+            await wait_until(lambda: client.xlen("dead.jobs") >= 1, what="the dead letter")
 
     anyio.run(produce_and_fail)
     capsys.readouterr()  # drop the worker's log lines

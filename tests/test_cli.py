@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ import redis
 
 from streamflow.config import uvloop_available
 from streamflow.embedded import free_port
+from streamflow.testing import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,16 +163,16 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _wait(cond: object, timeout: float, what: str, proc: subprocess.Popen[bytes],
+def _wait(cond: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen[bytes],
           log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    """Wait until ``cond()``; fail at once, with the worker's log, if the worker exits."""
+    def alive_and() -> object:
         if proc.poll() is not None:
             pytest.fail(f"worker exited ({proc.returncode}) while waiting for {what}:\n"
                         f"{log.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
-        time.sleep(0.02)
+        return cond()
+
+    wait_until_blocking(alive_and, timeout=timeout, interval=0.02, what=what, detail=log.read_text)
 
 
 def _group_exists(r: redis.Redis) -> bool:

@@ -13,7 +13,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,13 +24,7 @@ import redis.asyncio as aioredis
 from streamflow import App, ConfigError, Message, Retry, Settings
 from streamflow.deadletter import parse_record
 from streamflow.keys import RETRY_CONSUMER
-from streamflow.testing import FAST_SETTINGS, running_worker
-
-#: Settings that keep the in-process workers quick to react and quick to stop.
-FAST = FAST_SETTINGS
-
-
-running = running_worker
+from streamflow.testing import passes, running_worker, wait_until
 
 
 @asynccontextmanager
@@ -41,15 +35,6 @@ async def client(url: str) -> AsyncIterator[aioredis.Redis]:
         yield r
     finally:
         await r.aclose()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or cond}")
-        await anyio.sleep(0.01)
 
 
 async def command_calls(r: aioredis.Redis, command: str) -> int:
@@ -85,7 +70,7 @@ async def test_raw_and_json_entries_reach_the_handler_unchanged(any_redis_url: s
 
     task_id = str(uuid.uuid4())
     payload = {"n": 4, "name": "café ☕", "items": [1, None, True, 2.5], "nested": {"a": "b"}}
-    async with client(any_redis_url) as r, running(app, any_redis_url):
+    async with client(any_redis_url) as r, running_worker(app, any_redis_url):
         square_id = await r.execute_command(
             "XADD", "my_task_stream", "*", "task_type", "calculate_square", "number", "4"
         )
@@ -93,7 +78,7 @@ async def test_raw_and_json_entries_reach_the_handler_unchanged(any_redis_url: s
             "XADD", "image_resize_tasks", "*", "image_path", "/p/1.jpg", "task_id", task_id
         )
         json_id = await app.publish("my_task_stream", payload)
-        await wait_for(lambda: len(seen) == 3, what="3 messages handled")
+        await wait_until(lambda: len(seen) == 3, what="3 messages handled")
 
     square = {"task_type": "calculate_square", "number": "4"}
     assert seen["my_task_stream", square_id] == (square, square)
@@ -122,17 +107,17 @@ async def test_every_published_message_is_handled_exactly_once_and_acked(any_red
         values.add(msg.payload["i"])
 
     async with client(any_redis_url) as r:
-        async with running(app, any_redis_url) as worker:
+        async with running_worker(app, any_redis_url) as worker:
             ids = await app.publish_many("jobs", ({"i": i} for i in range(n)))
-            await wait_for(lambda: sum(counts.values()) >= n, what=f"{n} handler calls")
+            await wait_until(lambda: sum(counts.values()) >= n, what=f"{n} handler calls")
         assert set(counts) == set(ids)
         assert max(counts.values()) == 1
         assert values == set(range(n))
-        assert worker.stats().handled == n
-        assert worker.stats().failed == 0
-        assert worker.stats().dead_lettered == 0
-        assert worker.acker is not None
-        assert (worker.acker.acked, worker.acker.missing) == (n, 0)
+        stats = worker.stats()
+        assert stats.handled == n
+        assert stats.failed == 0
+        assert stats.dead_lettered == 0
+        assert (stats.acked, stats.ack_missing) == (n, 0)
         assert (await r.xpending("jobs", "workers"))["pending"] == 0
         info = await group_info(r, "jobs", "workers")
         assert info["pending"] == 0
@@ -156,10 +141,10 @@ async def test_acks_are_batched_into_few_xack_calls(any_redis_url: str) -> None:
         handled += 1
 
     async with client(any_redis_url) as r:
-        async with running(app, any_redis_url):
+        async with running_worker(app, any_redis_url):
             await r.config_resetstat()
             await app.publish_many("batched", range(n))
-            await wait_for(lambda: handled >= n, what=f"{n} handled")
+            await wait_until(lambda: handled >= n, what=f"{n} handled")
         xacks = await command_calls(r, "xack")
         assert (await r.xpending("batched", "g"))["pending"] == 0
         assert 1 <= xacks < n / 10, f"{xacks} XACK calls for {n} entries"
@@ -181,14 +166,14 @@ async def test_in_flight_handlers_never_exceed_concurrency(redis_url: str) -> No
         current += 1
         peak = max(peak, current)
         try:
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.02)  # the handler's work: keeps its slot busy
         finally:
             current -= 1
             done += 1
 
-    async with running(app, redis_url) as worker:
+    async with running_worker(app, redis_url) as worker:
         await app.publish_many("bounded", range(200))
-        await wait_for(lambda: done >= 200, what="200 handled")
+        await wait_until(lambda: done >= 200, what="200 handled")
     assert peak == concurrency
     assert worker.stats().high_water == concurrency
 
@@ -208,13 +193,13 @@ async def test_entries_taken_never_exceed_concurrency_with_several_read_loops(
     async def work(msg: Message) -> None:
         nonlocal done
         seen.append(worker.stats().in_flight)
-        await anyio.sleep(0.002)
+        await anyio.sleep(0.002)  # the handler's work
         seen.append(worker.stats().in_flight)
         done += 1
 
-    async with running(app, redis_url, readers=readers, batch_size=1000) as worker:
+    async with running_worker(app, redis_url, readers=readers, batch_size=1000) as worker:
         await app.publish_many("taken", range(300))
-        await wait_for(lambda: done >= 300, what="300 handled")
+        await wait_until(lambda: done >= 300, what="300 handled")
     assert max(seen) == concurrency, max(seen)
 
 
@@ -230,12 +215,16 @@ async def test_reads_blocked_on_an_idle_stream_hold_one_slot_each(redis_url: str
         nonlocal done
         done += 1
 
-    async with running(app, redis_url, readers=2, block_ms=100) as worker:
-        await anyio.sleep(0.5)  # a few empty reads on each loop
+    async with running_worker(app, redis_url, readers=2, block_ms=100) as worker:
+        # Both loops start asking for a batch of 10; after its first empty read each asks for 1.
+        await wait_until(lambda: worker.stats().handlers[0].free == 30 - 2,
+                         what="both read loops to hold one slot each",
+                         detail=lambda: repr(worker.stats().handlers[0]))
+        await passes(worker, read=4)  # and they keep to one while their reads come back empty
         assert worker.stats().handlers[0].free == 30 - 2
         reads_before = worker.stats().reads
         await app.publish_many("idle", range(3000))
-        await wait_for(lambda: done >= 3000, what="3000 handled")
+        await wait_until(lambda: done >= 3000, what="3000 handled")
         # 3000 entries at up to 10 per read (30 slots, 2 loops): ramping up from 1 costs a few
         # extra reads, not one per entry.
         assert worker.stats().reads - reads_before < 3000 / 10 + 50, worker.stats().reads - reads_before
@@ -252,13 +241,13 @@ async def test_settings_concurrency_overrides_the_handler_limit(redis_url: str) 
         nonlocal current, peak, done
         current += 1
         peak = max(peak, current)
-        await anyio.sleep(0.02)
+        await anyio.sleep(0.02)  # the handler's work: keeps its slot busy
         current -= 1
         done += 1
 
-    async with running(app, redis_url, concurrency=3) as worker:
+    async with running_worker(app, redis_url, concurrency=3) as worker:
         await app.publish_many("capped", range(30))
-        await wait_for(lambda: done >= 30, what="30 handled")
+        await wait_until(lambda: done >= 30, what="30 handled")
     assert peak == 3
     assert worker.stats().high_water == 3
 
@@ -276,11 +265,11 @@ async def test_one_handler_reads_two_streams(redis_url: str) -> None:
     async def work(msg: Message) -> None:
         got.append((msg.stream, msg.payload))
 
-    async with running(app, redis_url):
+    async with running_worker(app, redis_url):
         for i in range(5):
             await app.publish("left", i)
             await app.publish("right", 100 + i)
-        await wait_for(lambda: len(got) == 10, what="10 handled")
+        await wait_until(lambda: len(got) == 10, what="10 handled")
     assert sorted(got) == [("left", i) for i in range(5)] + [("right", 100 + i) for i in range(5)]
 
 
@@ -303,12 +292,13 @@ async def test_two_groups_on_one_stream_each_get_every_message(redis_url: str) -
         return re.sub(r"[^A-Za-z0-9_.:\-]", "_", f"{func.__module__}.{func.__qualname__}")
 
     async with client(redis_url) as r:
-        async with running(app, redis_url) as worker:
+        async with running_worker(app, redis_url) as worker:
             ids = await app.publish_many("events", range(50))
-            await wait_for(lambda: len(first) == 50 and len(second) == 50, what="both groups")
+            await wait_until(lambda: len(first) == 50 and len(second) == 50, what="both groups")
         groups = sorted(g["name"] for g in await r.xinfo_groups("events"))
         assert groups == sorted([expected_group(audit), expected_group(notify)])
-        assert [c.group for c in worker.consumers] == [expected_group(audit), expected_group(notify)]
+        assert [h.group for h in worker.stats().handlers] == [
+            expected_group(audit), expected_group(notify)]
         assert expected_group(audit) == (
             "test_core.test_two_groups_on_one_stream_each_get_every_message._locals_.audit"
         )
@@ -351,14 +341,14 @@ async def test_failing_handler_does_not_stop_the_worker_and_is_not_acked(
         ok.append(msg.payload)
 
     async with client(any_redis_url) as r:
-        async with running(app, any_redis_url) as worker:
+        async with running_worker(app, any_redis_url) as worker:
             await app.publish_many("mixed", range(10))
             bad_id = await app.publish("mixed", "bad")
             await app.publish_many("mixed", range(10, 20))
-            await wait_for(lambda: len(ok) == 20 and worker.stats().retried == 1, what="20 ok, 1 parked")
+            await wait_until(lambda: len(ok) == 20 and worker.stats().retried == 1, what="20 ok, 1 parked")
             # the worker is still consuming after the failure
             await app.publish("mixed", 99)
-            await wait_for(lambda: 99 in ok, what="message after the failure")
+            await wait_until(lambda: 99 in ok, what="message after the failure")
         assert worker.stats().failed == 1
         assert worker.stats().dead_lettered == 0
         rows = await r.xpending_range("mixed", "g", "-", "+", 10)
@@ -379,9 +369,9 @@ async def test_failed_entry_is_retried_then_dead_lettered(redis_url: str) -> Non
         raise RuntimeError(f"attempt {msg.attempt} failed")
 
     async with client(redis_url) as r:
-        async with running(app, redis_url) as worker:
+        async with running_worker(app, redis_url) as worker:
             bad_id = await app.publish("flaky", {"x": 1})
-            await wait_for(lambda: worker.stats().dead_lettered == 1, what="dead letter")
+            await wait_until(lambda: worker.stats().dead_lettered == 1, what="dead letter")
         assert attempts == [1, 2, 3]
         assert (await r.xpending("flaky", "g"))["pending"] == 0
     records = await _dlq_records(redis_url, "flaky:dlq")
@@ -416,16 +406,19 @@ async def test_worker_recovers_from_flushall_without_busy_looping(any_redis_url:
     async def work(msg: Message) -> None:
         got.append(msg.payload)
 
-    async with client(any_redis_url) as r, running(app, any_redis_url):
+    async with client(any_redis_url) as r, running_worker(app, any_redis_url) as worker:
         await app.publish_many("survivor", range(5))
-        await wait_for(lambda: len(got) == 5, what="5 before the flush")
+        await wait_until(lambda: len(got) == 5, what="5 before the flush")
         await r.flushall()
-        await anyio.sleep(0.3)  # let the reader hit NOGROUP at least once
+        # The readers' next XREADGROUP fails with NOGROUP; they recreate the group (and the
+        # stream), and read from it again.
+        await wait_until(lambda: r.exists("survivor"), what="the group recreated")
+        await passes(worker, read=2)
         await app.publish_many("survivor", range(5, 10))
-        await wait_for(lambda: len(got) == 10, what="5 after the flush")
+        await wait_until(lambda: len(got) == 10, what="5 after the flush")
         assert "g" in [g["name"] for g in await r.xinfo_groups("survivor")]
         await r.config_resetstat()
-        await anyio.sleep(1.0)
+        await anyio.sleep(1.0)  # the behaviour under test: how many reads one idle second costs
         reads = await command_calls(r, "xreadgroup")
         # block_ms=100: about 10 reads a second when idle; a busy loop makes thousands
         assert reads < 50, f"{reads} XREADGROUP calls in 1 s while idle"
@@ -442,10 +435,10 @@ async def test_worker_recovers_when_flushed_while_idle_before_any_read(redis_url
     async def work(msg: Message) -> None:
         got.append(msg.payload)
 
-    async with client(redis_url) as r, running(app, redis_url):
+    async with client(redis_url) as r, running_worker(app, redis_url):
         await r.flushall()
         await app.publish("fresh", 1)
-        await wait_for(lambda: got == [1], what="entry after flush")
+        await wait_until(lambda: got == [1], what="entry after flush")
 
 
 # -- 10. settings validation ----------------------------------------------------------------------
@@ -545,11 +538,11 @@ async def test_invalid_json_payload_is_dead_lettered_and_worker_continues(
         good.append(msg.payload)
 
     async with client(any_redis_url) as r:
-        async with running(app, any_redis_url) as worker:
+        async with running_worker(app, any_redis_url) as worker:
             bad_id = await r.execute_command("XADD", "orders", "*", "sf:json", "{not json")
-            await wait_for(lambda: worker.stats().dead_lettered == 1, what="dead letter")
+            await wait_until(lambda: worker.stats().dead_lettered == 1, what="dead letter")
             await app.publish("orders", {"order_id": 7})
-            await wait_for(lambda: good == [{"order_id": 7}], what="next order")
+            await wait_until(lambda: good == [{"order_id": 7}], what="next order")
         assert calls == 2
         assert worker.stats().retried == 0
         assert (await r.xpending("orders", "billing"))["pending"] == 0
@@ -579,15 +572,15 @@ async def test_grace_period_expiry_cancels_handlers_and_leaves_entries_pending(
     async def work(msg: Message) -> None:
         started.append(msg.id)
         try:
-            await anyio.sleep(30)
+            await anyio.sleep(30)  # a handler that outlives the grace period
         except anyio.get_cancelled_exc_class():
             cancelled.append(msg.id)
             raise
 
     async with client(redis_url) as r:
-        async with running(app, redis_url, grace_period=0.3) as worker:
+        async with running_worker(app, redis_url, grace_period=0.3) as worker:
             ids = await app.publish_many("stuck", range(4))
-            await wait_for(lambda: len(started) == 4, what="4 handlers running")
+            await wait_until(lambda: len(started) == 4, what="4 handlers running")
             t0 = time.monotonic()
         elapsed = time.monotonic() - t0
         assert elapsed < 5, f"stop took {elapsed:.1f}s with grace_period=0.3"

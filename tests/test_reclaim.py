@@ -19,19 +19,19 @@ from typing import Any
 
 import anyio
 import pytest
-from failapps.support import (
-    fast_settings,
-    make_consumer,
-    pending_count,
-    pending_rows,
-    raw_client,
-    serving,
-    until,
-)
+from failapps.support import make_consumer, pending_count, pending_rows, raw_client
 
-from streamflow import App, Message, Retry, Worker, scripts
+from streamflow import App, Message, Retry, scripts
 from streamflow.deadletter import parse_record
 from streamflow.keys import RETRY_CONSUMER
+from streamflow.testing import (
+    fast_settings,
+    make_worker,
+    passes,
+    running_worker,
+    serving,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +96,7 @@ async def test_kill9_worker_entries_are_finished_by_another(redis_url: str, tmp_
                 done = int(await client.scard("ledger:done"))
                 assert proc.poll() is None, (tmp_path / "worker.log").read_text()
                 return started >= 12 and done >= 4
-            await until(mid_batch, timeout=20, what="the subprocess to be mid-batch")
+            await wait_until(mid_batch, timeout=20, what="the subprocess to be mid-batch")
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(timeout=10) == -signal.SIGKILL
         finally:
@@ -119,12 +119,11 @@ async def test_kill9_worker_entries_are_finished_by_another(redis_url: str, tmp_
                 seen_b.append((msg.id, msg.attempt))
                 await client.sadd("ledger:done", msg.id)
 
-            w = Worker(app, fast_settings(app, redis_url), handle_signals=False)
-            async with serving(w):
+            async with running_worker(app, redis_url):
                 async def all_done() -> bool:
                     return (int(await client.scard("ledger:done")) == n
                             and await pending_count(client, "jobs", "kill-test") == 0)
-                await until(all_done, timeout=20, what="every entry handled and acked")
+                await wait_until(all_done, timeout=20, what="every entry handled and acked")
 
         done = {i.decode() for i in await client.smembers("ledger:done")}
         assert done == set(ids)
@@ -144,18 +143,17 @@ async def test_long_handler_with_lease_runs_once(any_redis_url: str) -> None:
         @app.handler("long", group="g", timeout=10)
         async def long_job(msg: Message) -> None:
             starts.append((msg.id, msg.attempt))
-            await anyio.sleep(3.0)
+            await anyio.sleep(3.0)  # the handler's work: 3x the visibility timeout
             ends.append(msg.id)
 
-        settings = fast_settings(app, any_redis_url, visibility_timeout=1.0, reclaim_interval=0.1)
-        a = Worker(app, settings, handle_signals=False)
-        b = Worker(app, settings, handle_signals=False)
+        a, b = (make_worker(app, any_redis_url, visibility_timeout=1.0, reclaim_interval=0.1)
+                for _ in range(2))
         async with raw_client(any_redis_url) as client, serving(a, b):
             ids = [await app.publish("long", {"n": i}) for i in range(3)]
-            await until(lambda: len(ends) == 3, timeout=15, what="three long handlers")
+            await wait_until(lambda: len(ends) == 3, timeout=15, what="three long handlers")
             async def acked() -> bool:
                 return await pending_count(client, "long", "g") == 0
-            await until(acked, what="acks")
+            await wait_until(acked, what="acks")
 
     assert sorted(starts) == sorted((i, 1) for i in ids)
     assert sorted(ends) == sorted(ids)
@@ -177,16 +175,15 @@ async def test_concurrent_reclaimers_never_overlap(any_redis_url: str) -> None:
         async def work(msg: Message) -> None:
             t0 = time.monotonic()
             attempts.setdefault(msg.id, []).append(msg.attempt)
-            await anyio.sleep(1.6 if msg.id in long_ids else 0.2)
+            await anyio.sleep(1.6 if msg.id in long_ids else 0.2)  # the handler's work
             runs.setdefault(msg.id, []).append((t0, time.monotonic()))
 
-        settings = fast_settings(app, any_redis_url, concurrency=4)
-        workers = [Worker(app, settings, handle_signals=False) for _ in range(3)]
+        workers = [make_worker(app, any_redis_url, concurrency=4) for _ in range(3)]
         async with serving(*workers):
             async def finished() -> bool:
                 return (sum(len(v) for v in runs.values()) >= n
                         and await pending_count(client, "jobs", "g") == 0)
-            await until(finished, timeout=20, what="every entry handled and acked")
+            await wait_until(finished, timeout=20, what="every entry handled and acked")
 
     assert set(runs) == set(ids)
     for entry_id, intervals in runs.items():
@@ -210,12 +207,11 @@ async def test_entry_that_keeps_killing_workers_is_dead_lettered(any_redis_url: 
         async def work(msg: Message) -> None:
             calls.append(msg.id)
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with serving(w):
-            await until(lambda: w.stats().dead_lettered == 1 and w.stats().handled == 1, what="reclaim")
+        async with running_worker(app, any_redis_url) as w:
+            await wait_until(lambda: w.stats().dead_lettered == 1 and w.stats().handled == 1, what="reclaim")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
-            await until(acked, what="an empty PEL")
+            await wait_until(acked, what="an empty PEL")
             rows = await client.execute_command("XRANGE", "jobs:dlq", "-", "+")
 
     assert calls == [ok]
@@ -246,18 +242,17 @@ async def _restart_scenario(url: str, *, concurrency: int, old: int, new: int,
         @app.handler("jobs", group="g")
         async def work(msg: Message) -> None:
             seen.append((msg.id, msg.attempt))
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.02)  # the handler's work
 
-        w = Worker(app, fast_settings(app, url, consumer_name="fixed", visibility_timeout=30,
-                                      concurrency=concurrency), handle_signals=False)
-        async with serving(w):
-            await until(lambda: {i for i, _ in seen} >= set(new_ids), what="the new entries")
+        async with running_worker(app, url, consumer_name="fixed", visibility_timeout=30,
+                                  concurrency=concurrency):
+            await wait_until(lambda: {i for i, _ in seen} >= set(new_ids), what="the new entries")
             if wait_old:
-                await until(lambda: {i for i, _ in seen} >= set(old_ids), what="the old entries")
+                await wait_until(lambda: {i for i, _ in seen} >= set(old_ids), what="the old entries")
 
                 async def acked() -> bool:
                     return await pending_count(client, "jobs", "g") == 0
-                await until(acked, what="acks")
+                await wait_until(acked, what="acks")
     return old_ids, new_ids, seen
 
 
@@ -289,19 +284,17 @@ async def test_restart_same_name_drains_1000_plus_once(redis_url: str) -> None:
         @app.handler("jobs", group="g")
         async def work(msg: Message) -> None:
             t0 = time.monotonic()
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.01)  # the handler's work
             runs.setdefault(msg.id, []).append((t0, time.monotonic(), msg.attempt))
 
-        w = Worker(app, fast_settings(app, redis_url, consumer_name="fixed",
-                                      visibility_timeout=30, concurrency=50),
-                   handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, redis_url, consumer_name="fixed", visibility_timeout=30,
+                                  concurrency=50) as w:
             async def drained() -> bool:
                 return len(runs) == n and await pending_count(client, "jobs", "g") == 0
             # Takes well under a second (1100 x 10 ms / 50 slots); on a deadline, the
             # assertions below say what went wrong (duplicates first).
             with anyio.move_on_after(10):
-                await until(drained, timeout=60, what="every own pending entry")
+                await wait_until(drained, timeout=60, what="every own pending entry")
             left = await pending_count(client, "jobs", "g")
 
     duplicates = {i: r for i, r in runs.items() if len(r) > 1}
@@ -332,14 +325,14 @@ async def test_deleted_pending_of_dead_consumer_are_acked_as_trimmed(any_redis_u
         async def work(msg: Message) -> None:
             seen.append(msg.id)
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with serving(w):
-            await until(lambda: w.stats().handled == 5 and w.stats().trimmed == 5, what="handled and trimmed")
+        async with running_worker(app, any_redis_url) as w:
+            await wait_until(lambda: w.stats().handled == 5 and w.stats().trimmed == 5,
+                             what="handled and trimmed")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
-            await until(acked, what="acks")
+            await wait_until(acked, what="acks")
             late = await app.publish("jobs", {"after": True})  # the worker is still healthy
-            await until(lambda: late in seen, what="an entry published afterwards")
+            await wait_until(lambda: late in seen, what="an entry published afterwards")
 
     assert sorted(seen) == sorted([*(set(ids) - gone), late])
     assert w.stats().trimmed == 5
@@ -359,12 +352,11 @@ async def test_deleted_own_pending_are_acked_on_restart(any_redis_url: str) -> N
         async def work(msg: Message) -> None:
             seen.append((msg.id, msg.attempt))
 
-        w = Worker(app, fast_settings(app, any_redis_url, consumer_name="fixed",
-                                      visibility_timeout=30), handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, any_redis_url, consumer_name="fixed",
+                                  visibility_timeout=30):
             async def done() -> bool:
                 return len(seen) == 4 and await pending_count(client, "jobs", "g") == 0
-            await until(done, what="the surviving entries handled and the PEL empty")
+            await wait_until(done, what="the surviving entries handled and the PEL empty")
 
     assert seen == [(i, 2) for i in ids if i not in (ids[1], ids[3])]
 
@@ -381,11 +373,10 @@ async def test_deleted_own_pending_counted_as_trimmed(any_redis_url: str) -> Non
         async def work(msg: Message) -> None:
             pass
 
-        w = Worker(app, fast_settings(app, any_redis_url, consumer_name="fixed",
-                                      visibility_timeout=30), handle_signals=False)
-        async with serving(w):
-            await until(lambda: w.stats().handled == 2, what="the surviving entries")
-            await anyio.sleep(0.3)  # a few reclaim passes
+        async with running_worker(app, any_redis_url, consumer_name="fixed",
+                                  visibility_timeout=30) as w:
+            await wait_until(lambda: w.stats().handled == 2, what="the surviving entries")
+            await passes(w, reclaim=3)  # none of them is counted again
 
     assert w.stats().trimmed == 2
 
@@ -401,16 +392,15 @@ async def test_deleted_while_parked_for_retry_is_acked_as_trimmed(any_redis_url:
             calls.append(msg.attempt)
             raise RuntimeError("fail")
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, any_redis_url) as w:
             entry_id = await app.publish("jobs", {"n": 1})
-            await until(lambda: w.stats().retried == 1, what="the entry parked for retry")
+            await wait_until(lambda: w.stats().retried == 1, what="the entry parked for retry")
             rows = await pending_rows(client, "jobs", "g")
             assert [(r[0], r[1]) for r in rows] == [(entry_id, RETRY_CONSUMER)]
             await client.execute_command("XDEL", "jobs", entry_id)
-            await until(lambda: w.stats().trimmed == 1, what="the deleted entry to be found")
+            await wait_until(lambda: w.stats().trimmed == 1, what="the deleted entry to be found")
             assert await pending_count(client, "jobs", "g") == 0
-            await anyio.sleep(0.3)
+            await passes(w, reclaim=3)  # nothing left to run again or to dead-letter
 
     assert calls == [1]
     assert w.stats().dead_lettered == 0
@@ -430,17 +420,16 @@ async def test_deleted_while_running_does_not_crash(any_redis_url: str) -> None:
                 gate.set()
                 await anyio.sleep(1.0)  # several lease renewals (every 0.25 s)
 
-        w = Worker(app, fast_settings(app, any_redis_url), handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, any_redis_url) as w:
             first = await app.publish("jobs", {"n": 1})
             await gate.wait()
             await client.execute_command("XDEL", "jobs", first)
-            await until(lambda: w.stats().handled == 1, what="the first handler")
+            await wait_until(lambda: w.stats().handled == 1, what="the first handler")
             second = await app.publish("jobs", {"n": 2})
-            await until(lambda: w.stats().handled == 2, what="the second handler")
+            await wait_until(lambda: w.stats().handled == 2, what="the second handler")
             async def acked() -> bool:
                 return await pending_count(client, "jobs", "g") == 0
-            await until(acked, what="an empty PEL")
+            await wait_until(acked, what="an empty PEL")
 
     assert seen == [first, second]
     assert w.stats().failed == 0
@@ -471,7 +460,7 @@ async def test_prune_removes_only_idle_consumers_without_pending(any_redis_url: 
             rows = await client.execute_command("XINFO", "CONSUMERS", "jobs", "g")
             return all(int(dict(zip(r[::2], r[1::2], strict=True))[b"idle"]) >= 300
                        for r in rows)
-        await until(all_idle, what="consumers idle past dead_consumer_after")
+        await wait_until(all_idle, what="consumers idle past dead_consumer_after")
         await client.execute_command("XGROUP", "CREATECONSUMER", "jobs", "g", "fresh")
 
         reclaimer = consumer.maintenance
@@ -484,7 +473,7 @@ async def test_prune_removes_only_idle_consumers_without_pending(any_redis_url: 
 
         rows = await pending_rows(client, "jobs", "g")
         await client.execute_command("XACK", "jobs", "g", *[r[0] for r in rows])
-        await until(all_idle, what="consumers idle again")
+        await wait_until(all_idle, what="consumers idle again")
         assert sorted(await reclaimer.prune_consumers("jobs")) == ["fresh", "holder"]
         assert await _consumers(client, "jobs", "g") == {"me": 0, RETRY_CONSUMER: 0}
 
@@ -503,14 +492,13 @@ async def test_worker_prunes_dead_consumers_but_keeps_pending(any_redis_url: str
             pass
 
         # Visibility timeout 30 s: the holder's entries stay pending for the whole test.
-        w = Worker(app, fast_settings(app, any_redis_url, dead_consumer_after=0.5,
-                                      visibility_timeout=30), handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, any_redis_url, dead_consumer_after=0.5,
+                                  visibility_timeout=30) as w:
             async def pruned() -> bool:
                 return "gone-empty" not in await _consumers(client, "jobs", "g")
-            await until(pruned, timeout=5, what="the idle empty consumer to be removed")
-            # Maintenance runs every max(1 s, dead_consumer_after / 10): span another pass.
-            await anyio.sleep(1.2)
+            await wait_until(pruned, timeout=5, what="the idle empty consumer to be removed")
+            # Maintenance runs every max(1 s, dead_consumer_after / 10): one more whole pass.
+            await passes(w, maintenance=2, timeout=10)
             consumers = await _consumers(client, "jobs", "g")
 
     # (The worker's own consumer may be absent: Redis 7.0 creates a consumer on its first

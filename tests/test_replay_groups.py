@@ -10,15 +10,10 @@ import anyio
 import pytest
 
 from streamflow import App, Message, Reject, Retry
-from streamflow.testing import running_worker
+from streamflow.testing import passes, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
-
-async def _wait(predicate: object, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.02)
 
 
 async def _cli(*args: str) -> dict[str, object]:
@@ -51,16 +46,15 @@ async def test_replay_reaches_only_the_failed_group(any_redis_url: str) -> None:
 
     async with running_worker(app, any_redis_url) as worker:
         await app.publish_many("orders", [{"n": f"o{i}"} for i in range(3)])
-        await _wait(lambda: worker.stats().handler("bill").dead_lettered == 3
-                    and len(email) == 3, "3 dead letters and 3 emails")
+        await wait_until(lambda: worker.stats().handler("bill").dead_lettered == 3
+                    and len(email) == 3, what="3 dead letters and 3 emails")
         fail["on"] = False
         doc = await _cli("dlq", "replay", "orders", "--all", "--redis-url", any_redis_url)
         assert doc["groups"] == {"billing": {"to": "orders:replay:billing", "replayed": 3}}
-        await _wait(lambda: worker.stats().handler("bill").handled == 3, "the 3 replays")
+        await wait_until(lambda: worker.stats().handler("bill").handled == 3, what="the 3 replays")
         # The email group reads the stream the replay did not touch: a few more passes of
         # its reader, and nothing new arrives there.
-        before = worker.stats().read_passes
-        await _wait(lambda: worker.stats().read_passes >= before + 4, "more read passes")
+        await passes(worker, read=4)
     assert sorted(email) == ["o0", "o1", "o2"]
     replays = [b for b in billing if b[2]]
     assert sorted(n for _, n, _ in replays) == ["o0", "o1", "o2"]
@@ -80,14 +74,14 @@ async def test_a_replayed_entry_that_fails_again_is_dead_lettered_again(redis_ur
 
     async with running_worker(app, redis_url) as worker:
         await app.publish("jobs", {"x": 1})
-        await _wait(lambda: worker.stats().dead_lettered == 1, "first dead letter")
+        await wait_until(lambda: worker.stats().dead_lettered == 1, what="first dead letter")
         await _cli("dlq", "replay", "jobs", "--all", "--redis-url", redis_url)
-        await _wait(lambda: worker.stats().dead_lettered == 2, "second dead letter")
+        await wait_until(lambda: worker.stats().dead_lettered == 2, what="second dead letter")
         listed = await _cli("dlq", "list", "jobs", "--redis-url", redis_url)
         (record,) = listed["records"]  # type: ignore[misc]
         assert record["stream"] == "jobs" and record["group"] == "g"
         again = await _cli("dlq", "replay", "jobs", "--all", "--group", "g", "--redis-url",
                            redis_url)
         assert again["groups"] == {"g": {"to": "jobs:replay:g", "replayed": 1}}
-        await _wait(lambda: worker.stats().dead_lettered == 3, "third dead letter")
+        await wait_until(lambda: worker.stats().dead_lettered == 3, what="third dead letter")
     assert attempts == [False, True, True]

@@ -14,13 +14,14 @@ from typing import Any
 
 import anyio
 import pytest
-from failapps.support import fast_settings, make_consumer, raw_client, serving, until
+from failapps.support import make_consumer, raw_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamflow import App, Message, Retention, Worker
+from streamflow import App, Message, Retention
 from streamflow.keys import parse_id
 from streamflow.runtime.maintenance import safe_trim_floor
+from streamflow.testing import fast_settings, passes, running_worker, wait_until
 
 # One macro node of a stream holds at most stream-node-max-entries (100 by default on
 # both servers) entries; approximate (~) trimming removes whole nodes only, so up to one
@@ -233,17 +234,17 @@ async def test_worker_retention_waits_for_lagging_group(redis_url: str) -> None:
             handled.append(msg.id)
 
         # dead_consumer_after=10 -> maintenance (prune + trim) every second.
-        w = Worker(app, fast_settings(app, redis_url, dead_consumer_after=10),
-                   handle_signals=False)
-        async with serving(w):
+        async with running_worker(app, redis_url, dead_consumer_after=10) as w:
             await client.execute_command("XGROUP", "CREATE", "s", "lagging", "$")
             await app.publish_many("s", [{"n": i} for i in range(1000)])
-            await until(lambda: len(handled) == 1000, what="every entry handled")
-            await anyio.sleep(1.3)  # at least one maintenance pass with the lagging group
+            await wait_until(lambda: len(handled) == 1000, what="every entry handled")
+            await wait_until(lambda: w.stats().acked == 1000, what="every entry acked")
+            # One whole maintenance pass after that, with the lagging group still there.
+            await passes(w, maintenance=2)
             assert int(await client.execute_command("XLEN", "s")) == 1000
             await client.execute_command("XGROUP", "DESTROY", "s", "lagging")
 
             async def bounded() -> bool:
                 return int(await client.execute_command("XLEN", "s")) <= 100 + NODE_SLACK
-            await until(bounded, timeout=5, what="the stream to be trimmed")
+            await wait_until(bounded, timeout=5, what="the stream to be trimmed")
             assert int(await client.execute_command("XLEN", "s")) >= 100

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import redis
 import structlog
 
 import streamflow
-from streamflow import App, ConfigError, Message, PayloadTooLarge, Reject, Retry, Settings, Worker, scripts
+from streamflow import App, ConfigError, Message, PayloadTooLarge, Reject, Retry, Settings, scripts
 from streamflow.connection import Connection, redact_url
 from streamflow.deadletter import parse_record
 from streamflow.embedded import ServerProcess, find_server_binary, free_port, system_redis_binary
@@ -44,29 +43,15 @@ from streamflow.permissions import (
     check_permissions,
 )
 from streamflow.policies import Retention
-from streamflow.testing import FAST_SETTINGS, running_worker
+from streamflow.testing import make_worker, running_worker, wait_until, wait_until_blocking
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "security.md"
-
-FAST = FAST_SETTINGS
 
 SECRET = "s3cr3t-Pa55word"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-running = running_worker
-
-
-async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``predicate()`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 def url_for(base_url: str, user: str | None, password: str) -> str:
@@ -240,7 +225,7 @@ async def test_worker_and_producer_run_end_to_end_under_least_privilege_users(ac
 
     producer = App(producer_url)
     try:
-        async with running(app, worker_url, visibility_timeout=1.0, reclaim_interval=0.2,
+        async with running_worker(app, worker_url, visibility_timeout=1.0, reclaim_interval=0.2,
                            dead_consumer_after=0.5) as worker:
             for payload in ("ok", "flaky", "poison", "slow"):
                 await producer.publish("orders", payload)
@@ -258,7 +243,7 @@ async def test_worker_and_producer_run_end_to_end_under_least_privilege_users(ac
                     and not {"dead-worker", "idle-worker"} & consumers()
                 )
 
-            await wait_for(done, what="every entry handled, dead-lettered or reclaimed")
+            await wait_until(done, timeout=15, what="every entry handled, dead-lettered or reclaimed")
             assert worker.stats().dead_lettered == 2
     finally:
         await producer.aclose()
@@ -322,7 +307,7 @@ async def test_worker_lacking_a_permission_fails_at_startup_naming_it(
     async def handle(msg: Message) -> None:
         raise AssertionError("never called")
 
-    worker = Worker(app, app.settings(redis_url=url, **FAST), handle_signals=False)
+    worker = make_worker(app, url)
     with anyio.fail_after(10), pytest.raises(PermissionDenied) as info:
         await worker.serve()
     message = str(info.value)
@@ -487,10 +472,10 @@ async def test_worker_handles_messages_over_tls(tls: TlsServers) -> None:
         got.append(msg.payload)
 
     try:
-        async with running(app, worker_url):
+        async with running_worker(app, worker_url):
             for i in range(20):
                 await producer.publish("tls-jobs", {"n": i})
-            await wait_for(lambda: len(got) == 20, what="20 messages over TLS")
+            await wait_until(lambda: len(got) == 20, timeout=15, what="20 messages over TLS")
     finally:
         await producer.aclose()
     assert sorted(m["n"] for m in got) == list(range(20))
@@ -509,7 +494,7 @@ async def test_tls_with_the_wrong_ca_fails_at_startup(tls: TlsServers) -> None:
 
     url = tls.url(tls.good_port, ssl_ca_certs=str(tls.certs / "other-ca.crt"))
     with anyio.fail_after(20), pytest.raises(ServerUnavailable) as info:
-        await Worker(app, app.settings(redis_url=url, **FAST), handle_signals=False).serve()
+        await make_worker(app, url).serve()
     message = str(info.value)
     assert "TLS handshake" in message and "certificate verify failed" in message
     assert "\n" not in message
@@ -661,15 +646,15 @@ def test_worker_logs_and_cli_output_never_show_the_password(
          "--log-level", "debug"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    def running_and(key: str) -> bool:
+        assert proc.poll() is None, "the worker exited"
+        return bool(admin.exists(key))
+
     try:
-        deadline = time.monotonic() + 20
-        while not admin.exists("jobs"):  # the group is created once the worker runs
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        # The group (and its stream) is created once the worker runs.
+        wait_until_blocking(lambda: running_and("jobs"), timeout=20, what="the worker to start")
         admin.xadd("jobs", {"sf:json": '{"n": 1}'})
-        while not admin.exists("jobs:dlq"):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_blocking(lambda: running_and("jobs:dlq"), timeout=20, what="a dead letter")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     finally:
@@ -711,9 +696,9 @@ async def test_dead_letter_records_and_dlq_list_hide_passwords(secret_server: Se
     async def handle(msg: Message) -> None:
         raise RuntimeError(f"cannot reach {url}")
 
-    async with running(app, url):
+    async with running_worker(app, url):
         admin.xadd("leaky", {"sf:json": "1"})
-        await wait_for(lambda: admin.exists("leaky:dlq") == 1, what="a dead letter")
+        await wait_until(lambda: admin.exists("leaky:dlq") == 1, timeout=15, what="a dead letter")
     out = subprocess.run([sys.executable, "-m", "streamflow", "dlq", "list", "leaky"],
                          env={**os.environ, "STREAMFLOW_REDIS_URL": url},
                          capture_output=True, text=True, timeout=30, check=False)
@@ -735,7 +720,7 @@ async def test_wrong_password_errors_hide_the_password(secret_server: ServerProc
         async def handle(msg: Message) -> None: ...
 
         with anyio.fail_after(10), pytest.raises(ServerUnavailable) as info:
-            await Worker(app, app.settings(redis_url=url, **FAST), handle_signals=False).serve()
+            await make_worker(app, url).serve()
         assert SECRET not in str(info.value) and SECRET not in repr(info.value)
         assert "\n" not in str(info.value)
 
@@ -785,9 +770,9 @@ async def test_consume_dead_letters_oversized_and_pickled_entries(redis_url: str
     client.xadd("payloads", {"a": "x" * 400_000, "b": "y" * 400_000, "c": "z" * 400_000})
     client.xadd("payloads", {"sf:json": pickle.dumps(Exploit())})
     client.xadd("payloads", {"sf:json": json.dumps({"ok": True})})
-    async with running(app, redis_url):
-        await wait_for(lambda: client.xlen("payloads:dlq") == 3 and len(handled) == 1,
-                       what="3 dead letters and 1 handled message")
+    async with running_worker(app, redis_url):
+        await wait_until(lambda: client.xlen("payloads:dlq") == 3 and len(handled) == 1,
+                         timeout=15, what="3 dead letters and 1 handled message")
     assert handled == [{"ok": True}]
     records = sorted((parse_record(i, [v for kv in raw.items() for v in kv])
                       for i, raw in client.xrange("payloads:dlq")),

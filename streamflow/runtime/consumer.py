@@ -108,7 +108,7 @@ class Consumer:
         )
         self.maintenance = Maintenance(client, spec, consumer=self.name,
                                        dead_consumer_after=settings.dead_consumer_after,
-                                       log=self.log, keys=self.keys)
+                                       log=self.log, counters=self.counters, keys=self.keys)
         self._client = client
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .. import scripts
 from ..keys import RETRY_CONSUMER, id_successor, parse_id
 from ..redis_errors import Kind, classify
 from ..spec import HandlerSpec
+from ..stats import Counters
 from .stop import StopSignal
 
 __all__ = ["Maintenance", "safe_trim_floor"]
@@ -31,7 +32,7 @@ class Maintenance:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, consumer: str, dead_consumer_after: float,
-        log: Any, keys: tuple[str, ...] | None = None,
+        log: Any, counters: Counters | None = None, keys: tuple[str, ...] | None = None,
     ) -> None:
         self.client = client  # shared redis.asyncio client
         self.spec = spec  # group and retention policy
@@ -40,6 +41,7 @@ class Maintenance:
         self.dead_consumer_after = dead_consumer_after  # seconds idle before a consumer goes
         self.every = min(30.0, max(1.0, dead_consumer_after / 10))  # seconds between passes
         self.log = log
+        self.counters = counters if counters is not None else Counters()  # maintenance_passes
 
     async def run(self, stop: StopSignal) -> None:
         """Maintain every :attr:`every` seconds until ``stop``; errors are logged, never fatal."""
@@ -52,6 +54,7 @@ class Maintenance:
             except (RedisError, OSError) as exc:
                 if classify(exc) not in (Kind.TRANSIENT, Kind.NOGROUP):
                     self.log.error("maintenance_failed", error=str(exc) or type(exc).__name__)
+            self.counters.maintenance_passes += 1
 
     async def maintain(self) -> None:
         """One pass: prune consumers, then trim, on every stream key."""

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from streamflow.testing import wait_until_blocking
+
 from .ledger import Execution
 
 __all__ = [
@@ -280,12 +282,7 @@ def rss_bytes(pid: int) -> int:
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.05, diagnose: Callable[[], str] | None = None) -> float:
-    """Poll ``predicate`` until truthy; return the seconds it took. Fails after ``timeout``."""
+    """:func:`streamflow.testing.wait_until_blocking`, returning the seconds it took (I3)."""
     t0 = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 >= timeout:
-            extra = f"\n{diagnose()}" if diagnose is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
+    wait_until_blocking(predicate, timeout=timeout, interval=interval, what=what, detail=diagnose)
+    return time.monotonic() - t0

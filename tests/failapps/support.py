@@ -1,78 +1,27 @@
-"""Helpers shared by the failure-semantics tests: polling, running workers, raw clients."""
+"""Helpers of the failure-semantics tests that reach below the public API: raw clients,
+XPENDING views, and a consumer that is not running (to drive its parts directly).
+
+Running workers and waiting are :mod:`streamflow.testing`'s (``running_worker``,
+``serving``, ``make_worker``, ``wait_until``, ``passes``).
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-
-from streamflow import App, Settings, Worker
+from streamflow import App, Settings
 from streamflow.connection import Connection
 from streamflow.runtime.acks import AckBuffer
 from streamflow.runtime.consumer import Consumer
 
 __all__ = [
-    "fast_settings",
     "make_consumer",
     "pending_count",
     "pending_rows",
     "raw_client",
-    "serving",
-    "until",
 ]
-
-
-async def until(
-    predicate: Callable[[], Any | Awaitable[Any]],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    what: str = "condition",
-) -> Any:
-    """Poll ``predicate`` (sync or async) until it is truthy; fail after ``timeout`` seconds."""
-    deadline = anyio.current_time() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if anyio.current_time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await anyio.sleep(interval)
-
-
-def fast_settings(app: App, url: str, **overrides: Any) -> Settings:
-    """Worker settings scaled down for tests: 1 s visibility timeout, 0.1 s reclaim, 100 ms block."""
-    values: dict[str, Any] = {
-        "redis_url": url,
-        "visibility_timeout": 1.0,
-        "reclaim_interval": 0.1,
-        "block_ms": 100,
-        "grace_period": 2.0,
-        "log_level": "warning",
-    }
-    values.update(overrides)
-    return app.settings(**values)
-
-
-@asynccontextmanager
-async def serving(*workers: Worker, ready_timeout: float = 10.0) -> AsyncIterator[None]:
-    """Run ``workers`` in a task group until the block exits, then stop them gracefully."""
-    async with anyio.create_task_group() as tg:
-        for w in workers:
-            tg.start_soon(w.serve)
-        with anyio.fail_after(ready_timeout):
-            for w in workers:
-                await w.ready.wait()
-        try:
-            yield
-        finally:
-            for w in workers:
-                w.stop()
 
 
 @asynccontextmanager

