@@ -35,6 +35,8 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostnam
 _FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 # Query options passed on to redis-py as they are.
 _PASSTHROUGH_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {"username", "password", "client_name"}
+# Query options redis-py accepts that a unix socket connection refuses with a TypeError.
+_TCP_ONLY_OPTIONS = frozenset({"socket_keepalive", "socket_keepalive_options", "socket_type"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -107,6 +109,12 @@ def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
             "redis_url", f"unknown URL option{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))} (TLS options are {', '.join(TLS_OPTIONS)})",
         )
+    if parts.scheme.lower() == "unix":
+        tcp_only = sorted(k for k in query if k in _TCP_ONLY_OPTIONS)
+        if tcp_only:
+            raise ConfigError(
+                "redis_url", f"{', '.join(tcp_only)} only apply to TCP connections, not unix://"
+            )
     given = [k for k in query if k.startswith("ssl_")]
     if parts.scheme.lower() != "rediss":
         if given:
@@ -194,11 +202,14 @@ class Connection:
             "decode_responses": False,
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.connect_timeout,
-            "socket_keepalive": True,
             "health_check_interval": 30,
             "retry_on_timeout": False,
         }
         parts, query, tls = _split_query(url)
+        if parts.scheme.lower() != "unix":
+            # TCP keepalive: a unix socket connection takes no such option (redis-py's
+            # UnixDomainSocketConnection raises TypeError on it).
+            kwargs["socket_keepalive"] = True
         if tls is not None:
             kwargs.update(
                 ssl_ca_certs=tls.ca_certs,
