@@ -54,7 +54,15 @@ class ConfigError(StreamflowError, ValueError):
 
 
 class AppLoadError(StreamflowError):
-    """The ``module:attribute`` given to ``streamflow run`` cannot be loaded."""
+    """The ``module:attribute`` given to ``streamflow run`` cannot be loaded.
+
+    ``details`` is the traceback of the user's code when importing it raised (the
+    command line prints it before the one-line error), else empty.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details  # traceback text of the user's frames, or ""
 
 
 class ServerUnavailable(StreamflowError):

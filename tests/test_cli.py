@@ -79,10 +79,63 @@ def test_unknown_module_is_a_one_line_error() -> None:
     assert_one_line_error(proc, "tests.apps.does_not_exist")
 
 
-def test_module_failing_at_import_is_a_one_line_error() -> None:
-    """A module that raises while importing gives exit 2 and one line with the cause."""
+ERRMOD = """\
+from streamflow import App
+
+app = App()
+
+
+def compute():
+    return 1 / 0
+
+
+VALUE = compute()
+"""
+
+NEEDSDEP = """\
+import json
+
+import streamflow_test_not_installed_dependency
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "lines", "error"),
+    [
+        ("errmod", ERRMOD, (10, 7), "importing 'errmod' failed: ZeroDivisionError: division by zero"),
+        ("needsdep", NEEDSDEP, (3,), "importing 'needsdep' failed: ModuleNotFoundError: "
+                                     "No module named 'streamflow_test_not_installed_dependency'"),
+    ],
+    ids=["errmod", "needsdep"],
+)
+def test_module_failing_at_import_shows_its_traceback_then_one_error_line(
+    module: str, source: str, lines: tuple[int, ...], error: str, tmp_path: Path
+) -> None:
+    """An exception raised while importing the user's module prints the traceback of the user's code
+    (file and lines, no importlib or streamflow frames) and ends with the one-line error, exit 2."""
+    path = tmp_path / f"{module}.py"
+    path.write_text(source)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamflow", "run", f"{module}:app", "--redis-url", _dead_url()],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert err.startswith("Traceback (most recent call last):"), err
+    for line in lines:
+        assert f'File "{path}", line {line}' in err, err
+    assert "importlib" not in err and "streamflow/cli.py" not in err, err
+    assert err.rstrip().splitlines()[-1] == f"streamflow: error: {error}", err
+
+
+def test_module_failing_at_import_inside_a_package_names_it() -> None:
+    """A package module that raises while importing exits 2, its last line naming the module and cause."""
     proc = run_cli("run", "tests.apps.broken:app", "--redis-url", _dead_url())
-    assert_one_line_error(proc, "tests.apps.broken", "RuntimeError", "boom at import time")
+    assert proc.returncode == 2, proc.stderr
+    assert 'tests/apps/broken.py", line 3' in proc.stderr, proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last == ("streamflow: error: importing 'tests.apps.broken' failed: "
+                    "RuntimeError: boom at import time"), last
 
 
 def test_missing_attribute_is_a_one_line_error() -> None:
