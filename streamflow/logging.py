@@ -173,4 +173,5 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     for other in root.handlers:  # handlers others installed (e.g. a test's capture) too
         if not any(isinstance(f, RedactingFilter) for f in other.filters):
             other.addFilter(RedactingFilter())
-    root.setLevel(max(_LEVELS[level.lower()], logging.INFO))
+    # The level asked for, debug included: the user's own stdlib debug lines show too.
+    root.setLevel(_LEVELS[level.lower()])

@@ -9,6 +9,7 @@ later. A second signal cancels running handlers at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import signal
@@ -112,6 +113,9 @@ class Worker:
             )
             owned = True
         self.connection = conn
+        log.debug("worker_settings", consumer=self.name,
+                  **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+                  | {"redis_url": conn.safe_url})
         # app.publish (from handlers too) reaches the server this worker reads while it
         # serves; afterwards the app publishes through what it had before.
         self.app.bind_connection(conn)
@@ -198,6 +202,8 @@ class Worker:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
+                log.debug("signal_received", signal=signal.Signals(signum).name,
+                          stopping=self.stopping)
                 self.stop(signal.Signals(signum).name)
 
 

@@ -182,3 +182,22 @@ def test_handler_log_lines_carry_message_context(redis_url: str, tmp_path: Path)
         assert {line["message_id"] for line in got} == set(ids), got
         for line in got:
             assert (line["stream"], line["group"], line["attempt"]) == ("ctx-jobs", "ctx-group", 1)
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_log_level_debug_shows_debug_events_and_info_does_not(
+    level: str, redis_url: str, tmp_path: Path
+) -> None:
+    """`--log-level debug` shows streamflow's debug events (worker_settings, read loops) and the handler's
+    stdlib debug lines; `--log-level info` shows neither."""
+    _, stderr = _run_app(redis_url, tmp_path, 1, "--log-level", level)
+    lines = _json_lines(stderr)
+    debug = [line for line in lines if line["level"] == "debug"]
+    events = {line["event"] for line in debug}
+    if level == "info":
+        assert not debug, debug
+        assert "worker_started" in {line["event"] for line in lines}
+        return
+    assert {"worker_settings", "read_loop_started", "stdlib_debug_in_handler"} <= events, events
+    settings = _by_event(lines, "worker_settings")
+    assert settings["log_level"] == "debug" and settings["redis_url"] == redis_url
