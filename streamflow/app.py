@@ -279,11 +279,14 @@ class App:
 
         await Worker(self, self.settings(**overrides)).serve()
 
-    def run(self, **overrides: Any) -> None:
-        """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop)."""
+    def run(self, **overrides: Any) -> int:
+        """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop).
+
+        Returns the exit status (0, or 128 + the signal's number after a forced stop).
+        """
         from .worker import run_worker
 
-        run_worker(self, self.settings(**overrides))
+        return run_worker(self, self.settings(**overrides))
 
 
 def _ids(replies: list[Any]) -> list[str]:

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="run the handlers of an app until SIGINT/SIGTERM",
-        description="Run the handlers of an app until SIGINT/SIGTERM, then drain and exit 0.",
+        description="Run the handlers of an app until SIGINT/SIGTERM, then drain and exit 0. "
+        "A second signal cancels running handlers and exits 128 + its number (130 for SIGINT).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.app:app")
@@ -172,5 +173,4 @@ def _run(args: argparse.Namespace) -> int:
         visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
         loop=args.loop,
     )
-    run_worker(app, settings)
-    return 0
+    return run_worker(app, settings)

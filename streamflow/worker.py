@@ -3,7 +3,10 @@
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`): readers and reclaimers stop, handlers
 already started (and entries already read) finish within ``grace_period``, acks are
 flushed, the process exits 0. Whatever did not finish stays pending and is redelivered
-later. A second signal cancels running handlers at once.
+later. A second signal cancels running handlers at once, and the process exits with
+128 + that signal's number (130 after SIGINT, 143 after SIGTERM; 1 for a second
+:meth:`Worker.stop` call), as a shell reports a process the signal killed: a forced stop
+is not a clean one.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Worker:
         self._stop = anyio.Event()  # set by stop(): begin the graceful drain
         self._forced = False  # set by a second stop(): cancel handlers now
         self.exit_reason = ""  # why the worker stopped (signal name, "requested", ...)
+        self.exit_status = 0  # process exit status: 0, or non-zero after a forced stop
 
     @property
     def stopping(self) -> bool:
@@ -86,7 +90,11 @@ class Worker:
         if self._stop.is_set():
             if not self._forced:
                 self._forced = True
-                log.warning("worker_force_stop", reason=reason)
+                signum = signal.Signals.__members__.get(reason)
+                self.exit_status = 128 + signum.value if signum is not None else 1
+                log.warning("worker_force_stop", reason=reason, exit_status=self.exit_status,
+                            hint="running handlers are cancelled; their entries stay pending "
+                                 "and will be redelivered")
                 for c in self.consumers:
                     c.cancel_handlers()
             return
@@ -194,6 +202,7 @@ class Worker:
             "worker_stopped",
             handled=stats.handled, failed=stats.failed, dead_lettered=stats.dead_lettered,
             acked=stats.acked, ack_flushes=stats.ack_flushes, unacked=stats.unacked,
+            exit_status=self.exit_status,
         )
 
     async def _watch_signals(
@@ -243,18 +252,25 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
     return None
 
 
-def run_worker(app: Registry, settings: Settings) -> None:
-    """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve."""
+def run_worker(app: Registry, settings: Settings) -> int:
+    """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve.
+
+    Returns the process exit status: 0 after a graceful stop, 128 + the signal's number
+    after a stop forced by a second signal (see :attr:`Worker.exit_status`).
+    """
     from .config import use_uvloop
     from .logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {"use_uvloop": use_uvloop(settings)}
 
+    worker = Worker(app, settings)
+
     async def main() -> None:
         try:
-            await Worker(app, settings).serve()
+            await worker.serve()
         finally:
             await app.aclose()
 
     anyio.run(main, backend="asyncio", backend_options=options)
+    return worker.exit_status

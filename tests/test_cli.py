@@ -341,10 +341,42 @@ def test_second_signal_cancels_running_handlers_at_once(
         _stop(proc)
     output = log.read_text()
     assert elapsed < 5, f"took {elapsed:.1f}s after the second signal"
-    assert rc == 0, output
+    assert rc == 130, output
     assert "worker_force_stop" in output
     assert "Traceback" not in output
     assert r.scard(DONE_KEY) == 0
     acked, pending = _acked_and_pending(r)
     assert not acked
     assert len(pending) == 5
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status"),
+    [(signal.SIGTERM, signal.SIGINT, 130), (signal.SIGINT, signal.SIGTERM, 143),
+     (signal.SIGTERM, signal.SIGTERM, 143)],
+    ids=["term-int", "int-term", "term-term"],
+)
+def test_forced_stop_exits_with_128_plus_the_forcing_signal(
+    first: signal.Signals, second: signal.Signals, status: int,
+    redis_url: str, r: redis.Redis, tmp_path: Path,
+) -> None:
+    """A second signal during the drain (slow handlers still running) makes the worker exit 128 + that
+    signal's number (130 for SIGINT, 143 for SIGTERM), not 0, and logs the forced stop."""
+    log = tmp_path / "worker.log"
+    proc = _start_worker(redis_url, log, 60.0, "--grace-period", "60")
+    try:
+        _wait(lambda: _group_exists(r), 15, "group creation", proc, log)
+        r.xadd(STREAM, {"n": "1"})
+        _wait(lambda: r.xpending(STREAM, GROUP)["pending"] == 1, 15, "1 in flight", proc, log)
+        proc.send_signal(first)
+        _wait(lambda: "worker_stopping" in log.read_text(), 10, "graceful stop", proc, log)
+        proc.send_signal(second)
+        rc = proc.wait(timeout=20)
+    finally:
+        _stop(proc)
+    output = log.read_text()
+    assert rc == status, output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    forced = next(e for e in events if e["event"] == "worker_force_stop")
+    assert forced["reason"] == second.name and forced["exit_status"] == status, forced
+    assert "worker_stopped" in {e["event"] for e in events}
