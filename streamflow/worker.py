@@ -79,10 +79,12 @@ class Worker:
     def stats(self) -> WorkerStats:
         """A snapshot of every counter: per handler, and the ack buffer's."""
         acker = self.acker
+        if acker is None:  # not serving yet (an empty buffer is falsy too: it has __len__)
+            return WorkerStats(handlers=tuple(c.stats() for c in self.consumers),
+                               acked=0, ack_flushes=0, unacked=0)
         return WorkerStats(
             handlers=tuple(c.stats() for c in self.consumers),
-            acked=acker.acked if acker else 0, ack_flushes=acker.flushes if acker else 0,
-            unacked=len(acker) if acker else 0,
+            acked=acker.acked, ack_flushes=acker.flushes, unacked=len(acker),
         )
 
     def stop(self, reason: str = "requested") -> None:

@@ -201,3 +201,12 @@ def test_log_level_debug_shows_debug_events_and_info_does_not(
     assert {"worker_settings", "read_loop_started", "stdlib_debug_in_handler"} <= events, events
     settings = _by_event(lines, "worker_settings")
     assert settings["log_level"] == "debug" and settings["redis_url"] == redis_url
+
+
+def test_worker_stopped_line_counts_the_acks(redis_url: str, tmp_path: Path) -> None:
+    """The worker_stopped line reports every ack Redis confirmed (the stats read an empty ack buffer as
+    no buffer at all and said acked=0)."""
+    _, stderr = _run_app(redis_url, tmp_path, 3)
+    stopped = _by_event(_json_lines(stderr), "worker_stopped")
+    assert stopped["handled"] == 3 and stopped["acked"] == 3, stopped
+    assert stopped["ack_flushes"] >= 1 and stopped["unacked"] == 0, stopped
