@@ -7,7 +7,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigError, ServerUnavailable
 
-__all__ = ["TLS_OPTIONS", "Connection", "redact_url"]
+__all__ = ["TLS_OPTIONS", "Connection", "check_url", "redact_url"]
 
 # ``scheme://user:password@`` (user may be empty). The password runs to the last ``@``
 # before the path or whitespace, so a password holding a raw ``@`` is hidden whole.
@@ -51,6 +51,47 @@ def redact_url(text: str) -> str:
     if "=" in text:
         text = _QUERY_PASSWORD_RE.sub(lambda m: f"{m['key']}***", text)
     return text
+
+
+#: URL schemes streamflow connects with.
+SCHEMES = ("redis", "rediss", "unix", "embedded")
+_DB_PATH_RE = re.compile(r"/?(?P<db>[^/]*)")
+
+
+def check_url(url: object) -> None:
+    """Raise :class:`ConfigError` (``redis_url``) unless ``url`` is a URL streamflow can use.
+
+    Checks the scheme (Redis Cluster URLs are refused: not supported yet) and that the
+    database, from the path of a ``redis://`` / ``rediss://`` URL or from ``?db=``, is a
+    whole number (redis-py would silently use database 0 for ``redis://host/abc``).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError("redis_url", "must be a URL such as redis://host:6379/0 or embedded://")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        raise ConfigError(
+            "redis_url", f"{scheme}:// is refused: Redis Cluster is not supported yet; give the "
+            f"URL of one primary ({scheme.removesuffix('+cluster')}://host:port/0)",
+        )
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            "redis_url",
+            f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
+        )
+    if scheme == "embedded":
+        return
+    parts = urlsplit(url)
+    db = dict(parse_qsl(parts.query, keep_blank_values=True)).get("db")
+    if db is not None and not db.isdigit():
+        raise ConfigError("redis_url", f"the database ?db={db} is not a whole number (0, 1, ...)")
+    if scheme != "unix":
+        path = unquote(parts.path)
+        match = _DB_PATH_RE.fullmatch(path)
+        if match is None or (match["db"] and not match["db"].isdigit()):
+            raise ConfigError(
+                "redis_url", f"the database {path.removeprefix('/')!r} in the URL path is not a "
+                "whole number (e.g. redis://host:6379/0)",
+            )
 
 
 def _closed_transport_is_connection_error(cls: type[Any]) -> type[Any]:
@@ -190,6 +231,7 @@ class Connection:
 
     async def _open(self) -> aioredis.Redis:
         url = self.url
+        check_url(url)
         if url.lower().startswith("embedded://"):
             from .embedded import ServerProcess
 

@@ -47,10 +47,12 @@ class StreamflowError(Exception):
 class ConfigError(StreamflowError, ValueError):
     """A setting is invalid; the message names the setting and why."""
 
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"invalid setting {setting}: {problem}")
+    def __init__(self, setting: str, problem: str, *, source: str | None = None) -> None:
+        where = f" ({source})" if source else ""
+        super().__init__(f"invalid setting {setting}{where}: {problem}")
         self.setting = setting  # the setting's name as the user wrote it (or its env var)
         self.problem = problem  # what is wrong with it, in one phrase
+        self.source = source  # where the value came from, e.g. "STREAMFLOW_BLOCK_MS=1.5"
 
 
 class AppLoadError(StreamflowError):

@@ -23,7 +23,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from .config import Settings
+from .config import Settings, unknown_env_vars
 from .connection import Connection
 from .errors import ConfigError
 from .permissions import check_permissions
@@ -126,6 +126,10 @@ class Worker:
         log.debug("worker_settings", consumer=self.name,
                   **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
                   | {"redis_url": conn.safe_url})
+        for variable, close in unknown_env_vars():
+            log.warning("unknown_environment_variable", variable=variable,
+                        **({"did_you_mean": close} if close else {}),
+                        hint="streamflow ignores it; each setting is STREAMFLOW_<SETTING NAME>")
         # app.publish (from handlers too) reaches the server this worker reads while it
         # serves; afterwards the app publishes through what it had before.
         self.app.bind_connection(conn)
