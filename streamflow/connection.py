@@ -289,10 +289,34 @@ class Connection:
             if _is_tls_error(exc):
                 raise ServerUnavailable(
                     f"TLS handshake with Redis at {self.safe_url} failed: {reason} "
-                    "(check ssl_ca_certs names the CA that signed the server certificate and "
-                    "that the URL's host is in that certificate)"
+                    f"({_tls_hint(reason, self.url)})"
                 ) from None
-            raise ServerUnavailable(f"cannot reach Redis at {self.safe_url}: {reason}") from None
+            hint = "" if _is_refused(exc) else await self._diagnose()
+            raise ServerUnavailable(
+                f"cannot reach Redis at {self.safe_url}: {reason}{f' ({hint})' if hint else ''}"
+            ) from None
+
+    async def _diagnose(self) -> str:
+        """After a connection the server reset or closed: a hint when a TLS probe explains it.
+
+        A ``redis://`` URL to a port that speaks TLS; a ``rediss://`` URL without
+        ``ssl_certfile`` to a server that requires client certificates (with TLS 1.3 the
+        client sees only the reset when its first command crosses the server's alert).
+        """
+        url = self.effective_url
+        try:
+            parts = urlsplit(url)
+            scheme, host, port = parts.scheme.lower(), parts.hostname or "localhost", parts.port or 6379
+        except ValueError:
+            return ""
+        within = min(self.connect_timeout, 3.0)
+        if scheme == "redis" and await _speaks_tls(host, port, within=within):
+            return (f"the server at {host}:{port} speaks TLS: use a rediss:// URL, with "
+                    "ssl_ca_certs= naming the CA that signed its certificate")
+        if (scheme == "rediss" and "ssl_certfile=" not in url
+                and await _requires_client_certificate(host, port, within=within)):
+            return _tls_hint("certificate required", url)
+        return ""
 
     async def aclose(self) -> None:
         """Close the client and stop the embedded server; safe to call twice."""
@@ -316,4 +340,85 @@ def _is_tls_error(exc: BaseException) -> bool:
         if "[SSL" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _tls_hint(reason: str, url: str) -> str:
+    """What to check after a failed TLS handshake, judged from the OpenSSL reason.
+
+    An alert is sent by the server: ``certificate required`` means it wants a client
+    certificate, ``unknown ca`` / ``bad certificate`` that it refused ours. Anything else
+    (``certificate verify failed``, a host mismatch) is about the server's certificate.
+    """
+    text = reason.lower().replace("_", " ")
+    if "certificate required" in text:
+        return ("the server requires a client certificate: give ssl_certfile (the client "
+                "certificate) and ssl_keyfile (its key) in the rediss:// URL")
+    if "alert" in text and ("unknown ca" in text or "bad certificate" in text
+                            or "certificate unknown" in text) and "ssl_certfile=" in url:
+        return ("the server refused the client certificate in ssl_certfile: it must be signed "
+                "by a CA the server trusts (its tls-ca-cert-file)")
+    return ("check ssl_ca_certs names the CA that signed the server certificate and "
+            "that the URL's host is in that certificate")
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """True when nothing listens there (connection refused): no point asking about TLS."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _probe_context() -> ssl.SSLContext:
+    """A client TLS context that checks no certificate (a probe sends no command)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 10:
+        parts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return " / ".join(parts).lower()
+
+
+async def _speaks_tls(host: str, port: int, *, within: float) -> bool:
+    """Whether the server at host:port completes a TLS handshake or answers it with a TLS
+    alert (asked only after a plain ``redis://`` connection was reset)."""
+    try:
+        with anyio.fail_after(within):
+            stream = await anyio.connect_tcp(host, port, ssl_context=_probe_context(),
+                                             tls_standard_compatible=False)
+            await stream.aclose()
+        return True
+    except ssl.SSLError as exc:
+        return "alert" in str(exc).lower()
+    except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream):
+        return False
+
+
+async def _requires_client_certificate(host: str, port: int, *, within: float) -> bool:
+    """Whether the TLS server at host:port refuses a client without a certificate: after a
+    handshake without one, it sends a ``certificate required`` alert (TLS 1.3) or fails the
+    handshake. The probe sends nothing, so the alert cannot be lost to a reset."""
+    try:
+        with anyio.fail_after(within):
+            stream = await anyio.connect_tcp(host, port, ssl_context=_probe_context(),
+                                             tls_standard_compatible=False)
+            try:
+                await stream.receive()
+            finally:
+                await stream.aclose()
+    except TimeoutError:
+        return False  # connected and nothing came: the server accepts clients without one
+    except Exception as exc:
+        text = _chain_text(exc)
+        return "certificate required" in text or "certificate_required" in text
     return False
