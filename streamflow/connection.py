@@ -313,9 +313,12 @@ class Connection:
         if scheme == "redis" and await _speaks_tls(host, port, within=within):
             return (f"the server at {host}:{port} speaks TLS: use a rediss:// URL, with "
                     "ssl_ca_certs= naming the CA that signed its certificate")
-        if (scheme == "rediss" and "ssl_certfile=" not in url
-                and await _requires_client_certificate(host, port, within=within)):
-            return _tls_hint("certificate required", url)
+        if scheme == "rediss":
+            _, _, tls = _split_query(url)
+            assert tls is not None
+            alert = await _server_alert(host, port, within=within, certfile=tls.certfile,
+                                        keyfile=tls.keyfile)
+            return _client_certificate_hint(alert, url) or ""
         return ""
 
     async def aclose(self) -> None:
@@ -344,7 +347,15 @@ def _is_tls_error(exc: BaseException) -> bool:
 
 
 def _tls_hint(reason: str, url: str) -> str:
-    """What to check after a failed TLS handshake, judged from the OpenSSL reason.
+    """What to check after a failed TLS handshake, judged from the OpenSSL reason."""
+    return _client_certificate_hint(reason, url) or (
+        "check ssl_ca_certs names the CA that signed the server certificate and "
+        "that the URL's host is in that certificate"
+    )
+
+
+def _client_certificate_hint(reason: str, url: str) -> str | None:
+    """The hint for a TLS alert about the client certificate, or None.
 
     An alert is sent by the server: ``certificate required`` means it wants a client
     certificate, ``unknown ca`` / ``bad certificate`` that it refused ours. Anything else
@@ -358,8 +369,7 @@ def _tls_hint(reason: str, url: str) -> str:
                             or "certificate unknown" in text) and "ssl_certfile=" in url:
         return ("the server refused the client certificate in ssl_certfile: it must be signed "
                 "by a CA the server trusts (its tls-ca-cert-file)")
-    return ("check ssl_ca_certs names the CA that signed the server certificate and "
-            "that the URL's host is in that certificate")
+    return None
 
 
 def _is_refused(exc: BaseException) -> bool:
@@ -372,11 +382,14 @@ def _is_refused(exc: BaseException) -> bool:
     return False
 
 
-def _probe_context() -> ssl.SSLContext:
-    """A client TLS context that checks no certificate (a probe sends no command)."""
+def _probe_context(certfile: str | None = None, keyfile: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that checks no server certificate (a probe sends no command),
+    presenting the client certificate when one is given."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if certfile:
+        context.load_cert_chain(certfile, keyfile)
     return context
 
 
@@ -404,21 +417,27 @@ async def _speaks_tls(host: str, port: int, *, within: float) -> bool:
         return False
 
 
-async def _requires_client_certificate(host: str, port: int, *, within: float) -> bool:
-    """Whether the TLS server at host:port refuses a client without a certificate: after a
-    handshake without one, it sends a ``certificate required`` alert (TLS 1.3) or fails the
-    handshake. The probe sends nothing, so the alert cannot be lost to a reset."""
+async def _server_alert(
+    host: str, port: int, *, within: float, certfile: str | None, keyfile: str | None
+) -> str:
+    """The TLS alert the server at host:port answers a handshake with (the text of the error,
+    lower case), or "" when it sends none within ``within`` seconds.
+
+    With TLS 1.3 a server that refuses the client's certificate (or its absence) says so
+    in an alert after the handshake; a client whose first command crosses that alert sees
+    only a reset. The probe sends nothing, so the alert cannot be lost that way.
+    """
     try:
         with anyio.fail_after(within):
-            stream = await anyio.connect_tcp(host, port, ssl_context=_probe_context(),
+            stream = await anyio.connect_tcp(host, port, ssl_context=_probe_context(certfile, keyfile),
                                              tls_standard_compatible=False)
             try:
                 await stream.receive()
             finally:
                 await stream.aclose()
     except TimeoutError:
-        return False  # connected and nothing came: the server accepts clients without one
+        return ""  # connected and nothing came: no complaint about the client
     except Exception as exc:
         text = _chain_text(exc)
-        return "certificate required" in text or "certificate_required" in text
-    return False
+        return text if "alert" in text or "certificate" in text else ""
+    return ""

@@ -589,6 +589,28 @@ async def test_missing_client_certificate_hints_at_ssl_certfile(
 
 
 @pytest.mark.anyio
+async def test_client_certificate_of_an_unknown_ca_is_named_as_refused(
+    tls: TlsServers, tls_client_certs_required: int
+) -> None:
+    """A client certificate signed by a CA the server does not trust is reported as refused by the
+    server (a hint at ssl_certfile), not as a problem with ssl_ca_certs."""
+    c = tls.certs
+    if not (c / "stranger.crt").exists():
+        _make_leaf(c, "stranger", "other-ca", "DNS:stranger")
+    conn = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=str(c / "ca.crt"),
+                              ssl_certfile=str(c / "stranger.crt"), ssl_keyfile=str(c / "stranger.key")),
+                      connect_timeout=5, socket_timeout=5)
+    try:
+        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
+            await conn.check()
+    finally:
+        await conn.aclose()
+    message = str(info.value)
+    assert "the server refused the client certificate in ssl_certfile" in message, message
+    assert "check ssl_ca_certs" not in message, message
+
+
+@pytest.mark.anyio
 async def test_tls_options_are_validated(tmp_path: Path) -> None:
     """TLS options on redis://, missing certificate files and unknown URL options are ConfigErrors naming
     redis_url."""
