@@ -226,7 +226,9 @@ def _check(s: Settings) -> None:
     if not isinstance(s.loop, str) or s.loop not in LOOPS:
         raise ConfigError("loop", f"{s.loop!r} is not one of {', '.join(LOOPS)}")
     if s.loop == "uvloop" and not uvloop_available():
-        raise ConfigError("loop", "uvloop is not installed (pip install 'streamflow[uvloop]')")
+        raise ConfigError(
+            "loop", "uvloop is not installed (pip install uvloop; it is the extra streamflow-redis[uvloop])"
+        )
 
 
 #: Accepted values of the ``loop`` setting.
