@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .codec import JSON_FIELD, encode_fields, encode_json
-from .config import DEFAULT_REDIS_URL, Settings, validate_name
+from .config import Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
 from .policies import Retention, Retry
@@ -141,11 +140,12 @@ class App:
 
     def settings(self, **overrides: Any) -> Settings:
         """Resolve settings: ``overrides`` > ``App(...)`` arguments > ``STREAMFLOW_*`` > defaults."""
-        env_url = os.environ.get("STREAMFLOW_REDIS_URL")
-        url = overrides.pop("redis_url", None) or self.redis_url or env_url or DEFAULT_REDIS_URL
+        url = overrides.pop("redis_url", None) or self.redis_url
+        if url:  # else STREAMFLOW_REDIS_URL (named in errors as the variable), else the default
+            overrides["redis_url"] = url
         if self._max_payload_bytes is not None:
             overrides.setdefault("max_payload_bytes", self._max_payload_bytes)
-        return Settings.load({**overrides, "redis_url": url})
+        return Settings.load(overrides)
 
     @property
     def connection(self) -> Connection:

@@ -177,3 +177,15 @@ def test_every_streamflow_variable_the_repository_reads_is_known() -> None:
                 names |= set(re.findall(r"\bSTREAMFLOW_[A-Z][A-Z_]*[A-Z]\b", path.read_text()))
     assert "STREAMFLOW_SERVER_BINARY" in names and "STREAMFLOW_CHAOS_RESULTS" in names
     assert config.unknown_env_vars(dict.fromkeys(names, "1")) == []
+
+
+def test_bad_redis_url_from_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad STREAMFLOW_REDIS_URL is reported with its variable, through App.settings as through
+    Settings.load."""
+    monkeypatch.setenv("STREAMFLOW_REDIS_URL", "redis://localhost/abc")
+    with pytest.raises(ConfigError) as info:
+        App().settings()
+    assert info.value.setting == "redis_url"
+    assert "(STREAMFLOW_REDIS_URL=redis://localhost/abc)" in str(info.value), str(info.value)
+    assert App("redis://localhost/1").settings().redis_url == "redis://localhost/1"
+    assert App().settings(redis_url="redis://h/2").redis_url == "redis://h/2"
