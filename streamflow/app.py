@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .codec import JSON_FIELD, encode_fields, encode_json
-from .config import DEFAULT_REDIS_URL, Settings, validate_name
+from .config import Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
 from .policies import Retention, Retry
@@ -179,11 +179,12 @@ class App:
 
     def settings(self, **overrides: Any) -> Settings:
         """Resolve settings: ``overrides`` > ``App(...)`` arguments > ``STREAMFLOW_*`` > defaults."""
-        env_url = os.environ.get("STREAMFLOW_REDIS_URL")
-        url = overrides.pop("redis_url", None) or self.redis_url or env_url or DEFAULT_REDIS_URL
+        url = overrides.pop("redis_url", None) or self.redis_url
+        if url:  # else STREAMFLOW_REDIS_URL (named in errors as the variable), else the default
+            overrides["redis_url"] = url
         if self._max_payload_bytes is not None:
             overrides.setdefault("max_payload_bytes", self._max_payload_bytes)
-        return Settings.load({**overrides, "redis_url": url})
+        return Settings.load(overrides)
 
     @property
     def connection(self) -> Connection:
@@ -317,11 +318,14 @@ class App:
 
         await Worker(self, self.settings(**overrides)).serve()
 
-    def run(self, **overrides: Any) -> None:
-        """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop)."""
+    def run(self, **overrides: Any) -> int:
+        """Run a worker for this app until SIGINT/SIGTERM (blocking; starts its own loop).
+
+        Returns the exit status (0, or 128 + the signal's number after a forced stop).
+        """
         from .worker import run_worker
 
-        run_worker(self, self.settings(**overrides))
+        return run_worker(self, self.settings(**overrides))
 
 
 def _ids(replies: list[Any]) -> list[str]:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,16 +34,16 @@ def load_app(target: str) -> App:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+    except Exception as exc:
+        if (isinstance(exc, ModuleNotFoundError) and exc.name
+                and (module_name + ".").startswith(exc.name + ".")):
             raise AppLoadError(
                 f"cannot import module {module_name!r} (no module named {exc.name!r}); "
                 "run from the directory that contains it or install it"
             ) from None
-        raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:
         raise AppLoadError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
+            details=user_traceback(exc),
         ) from exc
     try:
         obj = getattr(module, attr)
@@ -51,6 +52,38 @@ def load_app(target: str) -> App:
     if not isinstance(obj, App):
         raise AppLoadError(f"{module_name}:{attr} is a {type(obj).__name__}, not a streamflow.App")
     return obj
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_user_frame(frame: traceback.FrameSummary) -> bool:
+    """False for frames of importlib's machinery and of streamflow itself."""
+    name = frame.filename
+    return not (name.startswith("<frozen importlib") or name.startswith(_OWN_DIR)
+                or os.path.basename(os.path.dirname(name)) == "importlib")
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` (and the exceptions chained to it) with only the user's frames.
+
+    importlib's frames and streamflow's own are left out; the exception lines stay (a
+    ``SyntaxError`` keeps its file, line and caret).
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [f for f in current.stack if _is_user_frame(f)]
+        )
+        todo += [t for t in (current.__cause__, current.__context__) if t is not None]
+        todo += list(getattr(current, "exceptions", None) or ())
+    return "".join(te.format())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="run the handlers of an app until SIGINT/SIGTERM",
-        description="Run the handlers of an app until SIGINT/SIGTERM, then drain and exit 0.",
+        description="Run the handlers of an app until SIGINT/SIGTERM, then drain and exit 0. "
+        "A second signal cancels running handlers and exits 128 + its number (130 for SIGINT).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.app:app")
@@ -107,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = handler(args)
         return result
     except StreamflowError as exc:
+        details = getattr(exc, "details", "")
+        if details:  # e.g. the traceback of the user's module that failed to import
+            print(details, end="" if details.endswith("\n") else "\n", file=sys.stderr)
         print(f"streamflow: error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
@@ -136,5 +173,4 @@ def _run(args: argparse.Namespace) -> int:
         visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
         loop=args.loop,
     )
-    run_worker(app, settings)
-    return 0
+    return run_worker(app, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -12,7 +13,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_REDIS_URL", "LOOPS", "Settings", "use_uvloop", "uvloop_available", "validate_name"]
+__all__ = [
+    "DEFAULT_REDIS_URL", "LOOPS", "OTHER_ENV_VARS", "Settings", "env_var", "unknown_env_vars",
+    "use_uvloop", "uvloop_available", "validate_name",
+]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 ENV_PREFIX = "STREAMFLOW_"
@@ -85,17 +89,28 @@ class Settings:
         """Build settings from defaults, then ``STREAMFLOW_*`` env vars, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # setting -> "STREAMFLOW_X=raw" for values from env
         for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+            var = env_var(f.name)
+            raw = env.get(var)
             if raw is not None and raw != "":
-                values[f.name] = _parse(f, raw, ENV_PREFIX + f.name.upper())
+                values[f.name] = _parse(f, raw, var)
+                sources[f.name] = f"{var}={raw}"
         for key, value in (overrides or {}).items():
             if value is None:
                 continue
             if key not in {f.name for f in fields(cls)}:
                 raise ConfigError(key, "unknown setting")
             values[key] = value
-        return cls(**values)
+            sources.pop(key, None)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            source = sources.get(exc.setting)
+            if source is None or exc.source is not None:
+                raise
+            # Say where the bad value came from: the variable the user set, as they wrote it.
+            raise ConfigError(exc.setting, exc.problem, source=source) from None
 
     def __repr__(self) -> str:
         from .connection import redact_url
@@ -115,14 +130,45 @@ class Settings:
 
 def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
     kind = str(f.type)
-    try:
-        if kind.startswith("int"):
+    if kind.startswith("int"):
+        try:
             return int(raw)
-        if kind.startswith("float"):
+        except ValueError:
+            raise ConfigError(source, f"{raw!r} is not a whole number") from None
+    if kind.startswith("float"):
+        try:
             return float(raw)
-    except ValueError:
-        raise ConfigError(source, f"{raw!r} is not a number") from None
+        except ValueError:
+            raise ConfigError(source, f"{raw!r} is not a number") from None
     return raw
+
+
+#: ``STREAMFLOW_*`` variables streamflow (or its test suite) reads that are not settings.
+OTHER_ENV_VARS = frozenset({
+    "STREAMFLOW_SERVER_BINARY",  # which server binary embedded:// runs (embedded/binaries.py)
+    "STREAMFLOW_CHAOS_FULL",  # full-size chaos tests (tests/chaos)
+    "STREAMFLOW_CHAOS_RESULTS",  # where chaos results are written (tests/chaos)
+})
+
+
+def env_var(name: str) -> str:
+    """The environment variable of setting ``name``: ``STREAMFLOW_<NAME>``."""
+    return ENV_PREFIX + name.upper()
+
+
+def unknown_env_vars(env: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``STREAMFLOW_*`` variables of ``env`` that streamflow does not read (sorted), each with the
+    closest variable it does read (None when nothing is close): a misspelt concurrency
+    variable comes with ``STREAMFLOW_CONCURRENCY``."""
+    env = os.environ if env is None else env
+    known = sorted({env_var(f.name) for f in fields(Settings)} | OTHER_ENV_VARS)
+    suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
+            found.append((name, ENV_PREFIX + close[0] if close else None))
+    return found
 
 
 def _check(s: Settings) -> None:
@@ -138,14 +184,9 @@ def _check(s: Settings) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
-    if not isinstance(s.redis_url, str) or "://" not in s.redis_url:
-        raise ConfigError("redis_url", "must be a URL such as redis://host:6379/0 or embedded://")
-    scheme = s.redis_url.split("://", 1)[0].lower()
-    if scheme not in {"redis", "rediss", "unix", "embedded", "redis+cluster", "rediss+cluster"}:
-        raise ConfigError(
-            "redis_url",
-            f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
-        )
+    from .connection import check_url
+
+    check_url(s.redis_url)
     if s.concurrency is not None:
         positive("concurrency", s.concurrency, whole=True)
     levels = {"debug", "info", "warning", "error", "critical"}
@@ -166,16 +207,28 @@ def _check(s: Settings) -> None:
     positive("socket_timeout", s.socket_timeout)
     positive("connect_timeout", s.connect_timeout)
     if s.reclaim_interval >= s.visibility_timeout:
+        # Blame the one the user changed: a short visibility_timeout is the usual mistake.
+        defaults = {f.name: f.default for f in fields(s)}
+        vis, reclaim = s.visibility_timeout, s.reclaim_interval
+        vis_given = vis != defaults["visibility_timeout"]
+        if vis_given and reclaim == defaults["reclaim_interval"]:
+            raise ConfigError(
+                "visibility_timeout",
+                f"must be longer than reclaim_interval (default {reclaim} s), got {vis}",
+            )
         raise ConfigError(
             "reclaim_interval",
-            f"must be shorter than visibility_timeout ({s.visibility_timeout}s)",
+            f"must be shorter than visibility_timeout ({'' if vis_given else 'default '}"
+            f"{vis} s), got {reclaim}",
         )
     if s.consumer_name is not None:
         validate_name("consumer_name", s.consumer_name)
     if not isinstance(s.loop, str) or s.loop not in LOOPS:
         raise ConfigError("loop", f"{s.loop!r} is not one of {', '.join(LOOPS)}")
     if s.loop == "uvloop" and not uvloop_available():
-        raise ConfigError("loop", "uvloop is not installed (pip install 'streamflow[uvloop]')")
+        raise ConfigError(
+            "loop", "uvloop is not installed (pip install uvloop; it is the extra streamflow-redis[uvloop])"
+        )
 
 
 #: Accepted values of the ``loop`` setting.

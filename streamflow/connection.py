@@ -7,7 +7,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -17,8 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigError, ServerUnavailable
+from .tlsprobe import client_certificate_hint, is_refused, is_tls_error, server_alert, speaks_tls, tls_hint
 
-__all__ = ["TLS_OPTIONS", "Connection", "redact_url"]
+__all__ = ["TLS_OPTIONS", "Connection", "check_url", "redact_url"]
 
 # ``scheme://user:password@`` (user may be empty). The password runs to the last ``@``
 # before the path or whitespace, so a password holding a raw ``@`` is hidden whole.
@@ -35,6 +36,8 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostnam
 _FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 # Query options passed on to redis-py as they are.
 _PASSTHROUGH_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {"username", "password", "client_name"}
+# Query options redis-py accepts that a unix socket connection refuses with a TypeError.
+_TCP_ONLY_OPTIONS = frozenset({"socket_keepalive", "socket_keepalive_options", "socket_type"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -49,6 +52,47 @@ def redact_url(text: str) -> str:
     if "=" in text:
         text = _QUERY_PASSWORD_RE.sub(lambda m: f"{m['key']}***", text)
     return text
+
+
+#: URL schemes streamflow connects with.
+SCHEMES = ("redis", "rediss", "unix", "embedded")
+_DB_PATH_RE = re.compile(r"/?(?P<db>[^/]*)")
+
+
+def check_url(url: object) -> None:
+    """Raise :class:`ConfigError` (``redis_url``) unless ``url`` is a URL streamflow can use.
+
+    Checks the scheme (Redis Cluster URLs are refused: not supported yet) and that the
+    database, from the path of a ``redis://`` / ``rediss://`` URL or from ``?db=``, is a
+    whole number (redis-py would silently use database 0 for ``redis://host/abc``).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError("redis_url", "must be a URL such as redis://host:6379/0 or embedded://")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        raise ConfigError(
+            "redis_url", f"{scheme}:// is refused: Redis Cluster is not supported yet; give the "
+            f"URL of one primary ({scheme.removesuffix('+cluster')}://host:port/0)",
+        )
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            "redis_url",
+            f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
+        )
+    if scheme == "embedded":
+        return
+    parts = urlsplit(url)
+    db = dict(parse_qsl(parts.query, keep_blank_values=True)).get("db")
+    if db is not None and not db.isdigit():
+        raise ConfigError("redis_url", f"the database ?db={db} is not a whole number (0, 1, ...)")
+    if scheme != "unix":
+        path = unquote(parts.path)
+        match = _DB_PATH_RE.fullmatch(path)
+        if match is None or (match["db"] and not match["db"].isdigit()):
+            raise ConfigError(
+                "redis_url", f"the database {path.removeprefix('/')!r} in the URL path is not a "
+                "whole number (e.g. redis://host:6379/0)",
+            )
 
 
 def _closed_transport_is_connection_error(cls: type[Any]) -> type[Any]:
@@ -107,6 +151,12 @@ def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
             "redis_url", f"unknown URL option{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))} (TLS options are {', '.join(TLS_OPTIONS)})",
         )
+    if parts.scheme.lower() == "unix":
+        tcp_only = sorted(k for k in query if k in _TCP_ONLY_OPTIONS)
+        if tcp_only:
+            raise ConfigError(
+                "redis_url", f"{', '.join(tcp_only)} only apply to TCP connections, not unix://"
+            )
     given = [k for k in query if k.startswith("ssl_")]
     if parts.scheme.lower() != "rediss":
         if given:
@@ -182,6 +232,7 @@ class Connection:
 
     async def _open(self) -> aioredis.Redis:
         url = self.url
+        check_url(url)
         if url.lower().startswith("embedded://"):
             from .embedded import ServerProcess
 
@@ -194,11 +245,14 @@ class Connection:
             "decode_responses": False,
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.connect_timeout,
-            "socket_keepalive": True,
             "health_check_interval": 30,
             "retry_on_timeout": False,
         }
         parts, query, tls = _split_query(url)
+        if parts.scheme.lower() != "unix":
+            # TCP keepalive: a unix socket connection takes no such option (redis-py's
+            # UnixDomainSocketConnection raises TypeError on it).
+            kwargs["socket_keepalive"] = True
         if tls is not None:
             kwargs.update(
                 ssl_ca_certs=tls.ca_certs,
@@ -233,13 +287,40 @@ class Connection:
             raise ServerUnavailable(f"Redis at {self.safe_url} answered PING with: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
             reason = redact_url(str(exc)) or type(exc).__name__
-            if _is_tls_error(exc):
+            if is_tls_error(exc):
                 raise ServerUnavailable(
                     f"TLS handshake with Redis at {self.safe_url} failed: {reason} "
-                    "(check ssl_ca_certs names the CA that signed the server certificate and "
-                    "that the URL's host is in that certificate)"
+                    f"({tls_hint(reason, self.url)})"
                 ) from None
-            raise ServerUnavailable(f"cannot reach Redis at {self.safe_url}: {reason}") from None
+            hint = "" if is_refused(exc) else await self._diagnose()
+            raise ServerUnavailable(
+                f"cannot reach Redis at {self.safe_url}: {reason}{f' ({hint})' if hint else ''}"
+            ) from None
+
+    async def _diagnose(self) -> str:
+        """After a connection the server reset or closed: a hint when a TLS probe explains it.
+
+        A ``redis://`` URL to a port that speaks TLS; a ``rediss://`` URL without
+        ``ssl_certfile`` to a server that requires client certificates (with TLS 1.3 the
+        client sees only the reset when its first command crosses the server's alert).
+        """
+        url = self.effective_url
+        try:
+            parts = urlsplit(url)
+            scheme, host, port = parts.scheme.lower(), parts.hostname or "localhost", parts.port or 6379
+        except ValueError:
+            return ""
+        within = min(self.connect_timeout, 3.0)
+        if scheme == "redis" and await speaks_tls(host, port, within=within):
+            return (f"the server at {host}:{port} speaks TLS: use a rediss:// URL, with "
+                    "ssl_ca_certs= naming the CA that signed its certificate")
+        if scheme == "rediss":
+            _, _, tls = _split_query(url)
+            assert tls is not None
+            alert = await server_alert(host, port, within=within, certfile=tls.certfile,
+                                        keyfile=tls.keyfile)
+            return client_certificate_hint(alert, url) or ""
+        return ""
 
     async def aclose(self) -> None:
         """Close the client and stop the embedded server; safe to call twice."""
@@ -252,15 +333,3 @@ class Connection:
         if server is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(server.stop)
-
-
-def _is_tls_error(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) is a TLS/certificate failure."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
-            return True
-        if "[SSL" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False

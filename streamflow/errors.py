@@ -47,14 +47,24 @@ class StreamflowError(Exception):
 class ConfigError(StreamflowError, ValueError):
     """A setting is invalid; the message names the setting and why."""
 
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"invalid setting {setting}: {problem}")
+    def __init__(self, setting: str, problem: str, *, source: str | None = None) -> None:
+        where = f" ({source})" if source else ""
+        super().__init__(f"invalid setting {setting}{where}: {problem}")
         self.setting = setting  # the setting's name as the user wrote it (or its env var)
         self.problem = problem  # what is wrong with it, in one phrase
+        self.source = source  # where the value came from, e.g. "STREAMFLOW_BLOCK_MS=1.5"
 
 
 class AppLoadError(StreamflowError):
-    """The ``module:attribute`` given to ``streamflow run`` cannot be loaded."""
+    """The ``module:attribute`` given to ``streamflow run`` cannot be loaded.
+
+    ``details`` is the traceback of the user's code when importing it raised (the
+    command line prints it before the one-line error), else empty.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details  # traceback text of the user's frames, or ""
 
 
 class ServerUnavailable(StreamflowError):

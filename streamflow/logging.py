@@ -6,6 +6,12 @@ string values at any depth (dicts, lists, tuples), in exception text and traceba
 and, as a last line of defence, in the rendered line itself. Records of the standard
 ``logging`` module (redis-py, asyncio) get the same treatment. Payloads are never
 logged by streamflow itself.
+
+A line logged while a handler runs (structlog or stdlib ``logging``) carries the
+``stream``, ``group``, ``message_id`` and ``attempt`` of its message
+(:func:`add_message_context`, reading :data:`streamflow.context.current_message`);
+fields the caller passed win. Applications that configure structlog themselves can put
+:func:`add_message_context` in their own processor chain.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from typing import Any
 import structlog
 
 from .connection import redact_url
+from .context import current_message
 
-__all__ = ["RedactingFilter", "configure_logging", "redact_secrets", "redact_value"]
+__all__ = [
+    "RedactingFilter", "add_message_context", "configure_logging", "redact_secrets", "redact_value",
+]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _MAX_DEPTH = 20
@@ -58,6 +67,24 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
         if key == "exc_info":
             continue
         event[key] = redact_value(value)
+    return event
+
+
+def add_message_context(
+    _: Any, __: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the current message's ``stream``, ``group``, ``message_id`` and
+    ``attempt`` when a line is logged inside a handler.
+
+    Fields the caller passed (or bound) are kept. It runs only for lines actually
+    logged, so a message whose handler logs nothing costs nothing here.
+    """
+    msg = current_message.get()
+    if msg is not None:
+        event.setdefault("stream", msg.stream)
+        event.setdefault("group", msg.group)
+        event.setdefault("message_id", msg.id)
+        event.setdefault("attempt", msg.attempt)
     return event
 
 
@@ -101,6 +128,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_message_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -145,4 +173,5 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     for other in root.handlers:  # handlers others installed (e.g. a test's capture) too
         if not any(isinstance(f, RedactingFilter) for f in other.filters):
             other.addFilter(RedactingFilter())
-    root.setLevel(max(_LEVELS[level.lower()], logging.INFO))
+    # The level asked for, debug included: the user's own stdlib debug lines show too.
+    root.setLevel(_LEVELS[level.lower()])

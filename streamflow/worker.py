@@ -3,12 +3,16 @@
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`): readers and reclaimers stop, handlers
 already started (and entries already read) finish within ``grace_period``, acks are
 flushed, the process exits 0. Whatever did not finish stays pending and is redelivered
-later. A second signal cancels running handlers at once.
+later. A second signal cancels running handlers at once, and the process exits with
+128 + that signal's number (130 after SIGINT, 143 after SIGTERM; 1 for a second
+:meth:`Worker.stop` call), as a shell reports a process the signal killed: a forced stop
+is not a clean one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import signal
@@ -19,7 +23,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from .config import Settings
+from .config import Settings, unknown_env_vars
 from .connection import Connection
 from .errors import ConfigError
 from .permissions import check_permissions
@@ -61,6 +65,7 @@ class Worker:
         self._stop = anyio.Event()  # set by stop(): begin the graceful drain
         self._forced = False  # set by a second stop(): cancel handlers now
         self.exit_reason = ""  # why the worker stopped (signal name, "requested", ...)
+        self.exit_status = 0  # process exit status: 0, or non-zero after a forced stop
 
     @property
     def stopping(self) -> bool:
@@ -88,7 +93,11 @@ class Worker:
         if self._stop.is_set():
             if not self._forced:
                 self._forced = True
-                log.warning("worker_force_stop", reason=reason)
+                signum = signal.Signals.__members__.get(reason)
+                self.exit_status = 128 + signum.value if signum is not None else 1
+                log.warning("worker_force_stop", reason=reason, exit_status=self.exit_status,
+                            hint="running handlers are cancelled; their entries stay pending "
+                                 "and will be redelivered")
                 for c in self.consumers:
                     c.cancel_handlers()
             return
@@ -115,6 +124,13 @@ class Worker:
             )
             owned = True
         self.connection = conn
+        log.debug("worker_settings", consumer=self.name,
+                  **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+                  | {"redis_url": conn.safe_url})
+        for variable, close in unknown_env_vars():
+            log.warning("unknown_environment_variable", variable=variable,
+                        **({"did_you_mean": close} if close else {}),
+                        hint="streamflow ignores it; each setting is STREAMFLOW_<SETTING NAME>")
         # app.publish (from handlers too) reaches the server this worker reads while it
         # serves; afterwards the app publishes through what it had before.
         self.app.bind_connection(conn)
@@ -194,6 +210,7 @@ class Worker:
             "worker_stopped",
             handled=stats.handled, failed=stats.failed, dead_lettered=stats.dead_lettered,
             acked=stats.acked, ack_flushes=stats.ack_flushes, unacked=stats.unacked,
+            exit_status=self.exit_status,
         )
 
     async def _watch_signals(
@@ -202,6 +219,8 @@ class Worker:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
+                log.debug("signal_received", signal=signal.Signals(signum).name,
+                          stopping=self.stopping)
                 self.stop(signal.Signals(signum).name)
 
 
@@ -241,18 +260,25 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
     return None
 
 
-def run_worker(app: Registry, settings: Settings) -> None:
-    """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve."""
+def run_worker(app: Registry, settings: Settings) -> int:
+    """Blocking entry point used by the CLI: logging, the event loop ``settings.loop`` names, serve.
+
+    Returns the process exit status: 0 after a graceful stop, 128 + the signal's number
+    after a stop forced by a second signal (see :attr:`Worker.exit_status`).
+    """
     from .config import use_uvloop
     from .logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {"use_uvloop": use_uvloop(settings)}
 
+    worker = Worker(app, settings)
+
     async def main() -> None:
         try:
-            await Worker(app, settings).serve()
+            await worker.serve()
         finally:
             await app.aclose()
 
     anyio.run(main, backend="asyncio", backend_options=options)
+    return worker.exit_status

@@ -36,3 +36,29 @@ def test_every_module_has_a_docstring() -> None:
             continue  # importing it runs the CLI
         module = __import__(info.name, fromlist=["_"])
         assert (module.__doc__ or "").strip(), info.name
+
+
+def test_distribution_name_is_not_the_unrelated_pypi_streamflow() -> None:
+    """The distribution is streamflow-redis (PyPI's "streamflow" is another project): pyproject's name
+    and extras use it, no install line or message says `pip install 'streamflow[...]'`, and the README
+    says to install from a checkout and links the security, reliability and architecture docs."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "streamflow-redis"
+    for extra, requirements in project["optional-dependencies"].items():
+        for requirement in requirements:
+            assert not requirement.startswith("streamflow["), (extra, requirement)
+    files = [root / "README.md", root / "benchmarks" / "README.md", *(root / "docs").glob("*.md"),
+             *(root / "streamflow").rglob("*.py"), *(root / "examples").rglob("*.py")]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"pip install[^\n]*['\" ]streamflow\[", text), path
+    readme = (root / "README.md").read_text()
+    assert "streamflow-redis" in readme and "from a checkout" in readme
+    more = readme.split("## More", 1)[1]
+    for doc in ("docs/security.md", "docs/reliability.md", "docs/architecture.md"):
+        assert doc in more, doc

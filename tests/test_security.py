@@ -414,12 +414,13 @@ class TlsServers:
         return f"rediss://127.0.0.1:{port}/0" + (f"?{query}" if query else "")
 
 
-def _start_tls_server(binary: str, certs: Path, leaf: str) -> tuple[ServerProcess, int]:
+def _start_tls_server(binary: str, certs: Path, leaf: str,
+                      auth_clients: str = "optional") -> tuple[ServerProcess, int]:
     tls_port = free_port()
     server = ServerProcess(binary, name="streamflow-test-tls", args=[
         "--tls-port", str(tls_port), "--tls-cert-file", str(certs / f"{leaf}.crt"),
         "--tls-key-file", str(certs / f"{leaf}.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
-        "--tls-auth-clients", "optional",
+        "--tls-auth-clients", auth_clients,
     ])
     server.start()
     return server, tls_port
@@ -519,6 +520,81 @@ async def test_tls_hostname_mismatch_fails_when_checking_is_on(tls: TlsServers) 
             await unchecked.check()  # same certificate chain: only the host name differed
     finally:
         await unchecked.aclose()
+
+
+@pytest.mark.anyio
+async def test_plain_redis_url_to_a_tls_port_hints_at_rediss(tls: TlsServers) -> None:
+    """A redis:// URL aimed at a TLS port fails with a message saying the server speaks TLS and to use
+    rediss://, not only "Connection reset by peer"."""
+    conn = Connection(f"redis://127.0.0.1:{tls.good_port}/0", connect_timeout=5, socket_timeout=5)
+    try:
+        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
+            await conn.check()
+    finally:
+        await conn.aclose()
+    message = str(info.value)
+    assert f"127.0.0.1:{tls.good_port} speaks TLS" in message and "use a rediss:// URL" in message, message
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def tls_client_certs_required(tls: TlsServers) -> Iterator[int]:
+    """The TLS port of a server (same certificates as ``tls``) that requires client certificates."""
+    server, port = _start_tls_server(tls.good.binary, tls.certs, "server", auth_clients="yes")
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_missing_client_certificate_hints_at_ssl_certfile(
+    tls: TlsServers, tls_client_certs_required: int
+) -> None:
+    """Without a client certificate, a server with tls-auth-clients yes is refused with a hint at
+    ssl_certfile/ssl_keyfile (not at ssl_ca_certs); with them the same URL connects."""
+    ca = str(tls.certs / "ca.crt")
+    conn = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=ca), connect_timeout=5,
+                      socket_timeout=5)
+    try:
+        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
+            await conn.check()
+    finally:
+        await conn.aclose()
+    message = str(info.value)
+    assert "requires a client certificate" in message, message
+    assert "ssl_certfile" in message and "ssl_keyfile" in message, message
+    assert "check ssl_ca_certs" not in message, message
+    with_cert = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=ca,
+                                   ssl_certfile=str(tls.certs / "client.crt"),
+                                   ssl_keyfile=str(tls.certs / "client.key")))
+    try:
+        with anyio.fail_after(30):
+            await with_cert.check()
+    finally:
+        await with_cert.aclose()
+
+
+@pytest.mark.anyio
+async def test_client_certificate_of_an_unknown_ca_is_named_as_refused(
+    tls: TlsServers, tls_client_certs_required: int
+) -> None:
+    """A client certificate signed by a CA the server does not trust is reported as refused by the
+    server (a hint at ssl_certfile), not as a problem with ssl_ca_certs."""
+    c = tls.certs
+    if not (c / "stranger.crt").exists():
+        _make_leaf(c, "stranger", "other-ca", "DNS:stranger")
+    conn = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=str(c / "ca.crt"),
+                              ssl_certfile=str(c / "stranger.crt"), ssl_keyfile=str(c / "stranger.key")),
+                      connect_timeout=5, socket_timeout=5)
+    try:
+        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
+            await conn.check()
+    finally:
+        await conn.aclose()
+    message = str(info.value)
+    assert "the server refused the client certificate in ssl_certfile" in message, message
+    assert "check ssl_ca_certs" not in message, message
 
 
 @pytest.mark.anyio

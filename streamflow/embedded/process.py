@@ -30,6 +30,7 @@ from .probe import HOST, PortInUse, free_port, port_accepts, probe
 __all__ = ["ServerProcess"]
 
 _SERVER_LOG = "server.log"
+_SOCKET = "server.sock"
 _STDOUT_LOG = "stdout.log"
 _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 3
@@ -90,6 +91,7 @@ class ServerProcess:
         port: int | None = None,
         args: Sequence[str] = (),
         persistent: bool = False,
+        unixsocket: bool = False,
         name: str = "streamflow",
     ) -> None:
         if isinstance(args, str):
@@ -99,6 +101,7 @@ class ServerProcess:
         self.port: int = port if port is not None else free_port()
         self.args: tuple[str, ...] = tuple(args)
         self.persistent = persistent
+        self.unixsocket = unixsocket  # also listen on dir/server.sock
         self.name = name
         self.pid: int | None = None
         self._dir: Path | None = None
@@ -119,6 +122,18 @@ class ServerProcess:
     def url(self) -> str:
         """``redis://127.0.0.1:{port}/0``."""
         return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def socket_path(self) -> Path:
+        """The unix socket the server listens on (only with ``unixsocket=True``)."""
+        if not self.unixsocket:
+            raise RuntimeError(f"{self!r} was not started with unixsocket=True")
+        return self.dir / _SOCKET
+
+    @property
+    def unix_url(self) -> str:
+        """``unix:///path/to/server.sock?db=0`` (only with ``unixsocket=True``)."""
+        return f"unix://{self.socket_path}?db=0"
 
     @property
     def kind(self) -> str:
@@ -197,6 +212,8 @@ class ServerProcess:
             "no",
             "--logfile",
             str(directory / _SERVER_LOG),
+            *(["--unixsocket", str(directory / _SOCKET), "--unixsocketperm", "700"]
+              if self.unixsocket else []),
             *self.args,
         ]
 

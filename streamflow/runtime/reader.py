@@ -64,6 +64,7 @@ class Reader:
         reader = RawPipe(self.client)
         delay = 0.0
         failing = False
+        self.log.debug("read_loop_started", batch=batch, block_ms=self.block_ms)
         try:
             while True:
                 count = await pool.reserve(want, max(1, want // 2))
@@ -102,6 +103,7 @@ class Reader:
                     pool.release(count)
         finally:
             await reader.aclose()
+            self.log.debug("read_loop_stopped", reads=self.counters.reads)
 
     def _submit_reply(self, reply: Any) -> int:
         """Queue the entries of an XREADGROUP reply; return how many there were."""

