@@ -65,7 +65,8 @@ class Consumer:
         self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
 
         common = {"counters": self.counters, "log": self.log}
-        self.failures = Failures(client, spec, group=self.group, consumer=self.name, **common)
+        self.failures = Failures(client, spec, group=self.group, consumer=self.name,
+                                 reclaim_interval=settings.reclaim_interval, **common)
         self.pool = SlotPool(
             spec.func, concurrency=self.concurrency, acker=acker, group=self.group,
             streams=self.streams, counters=self.counters, stop=self.stop_signal,
