@@ -70,7 +70,7 @@ class Settings:
     dead_consumer_after: float = 3600.0
     """Consumers idle this long with no pending entries are removed from their group."""
     consumer_name: str | None = None
-    """Fixed consumer name (to drain its own pending entries after a restart); default unique."""
+    """Fixed consumer name; default ``<host>-<slot>``, the lowest slot free on this host."""
     max_payload_bytes: int = 1 << 20
     """Largest payload accepted on publish and on consume (bigger ones are dead-lettered)."""
     socket_timeout: float = 10.0
@@ -78,6 +78,8 @@ class Settings:
     connect_timeout: float = 5.0
     loop: str = "auto"
     """Event loop of ``streamflow run``: ``uvloop``, ``asyncio``, or ``auto`` (uvloop when installed)."""
+    worker_slot: int | None = None
+    """Fixed slot of the default consumer name ``<host>-<slot>`` (e.g. given by a supervisor)."""
 
     def __post_init__(self) -> None:
         _check(self)
@@ -223,6 +225,10 @@ def _check(s: Settings) -> None:
         )
     if s.consumer_name is not None:
         validate_name("consumer_name", s.consumer_name)
+    if s.worker_slot is not None:
+        positive("worker_slot", s.worker_slot, allow_zero=True, whole=True)
+        if s.consumer_name is not None:
+            raise ConfigError("worker_slot", "give consumer_name or worker_slot, not both")
     if not isinstance(s.loop, str) or s.loop not in LOOPS:
         raise ConfigError("loop", f"{s.loop!r} is not one of {', '.join(LOOPS)}")
     if s.loop == "uvloop" and not uvloop_available():

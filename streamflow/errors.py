@@ -7,6 +7,7 @@
     ├── AppLoadError             ``module:app`` cannot be imported or is not an App
     ├── ServerUnavailable        the Redis server cannot be reached or refuses us at start-up
     │   └── PermissionDenied     the Redis user lacks a permission the worker needs
+    ├── ConsumerNameInUse        another live process holds this worker's consumer name
     ├── ServerBinaryNotFound     no redis-server / valkey-server binary for an embedded server
     ├── AdminError               an operator command cannot do what was asked
     │   └── UnknownStream        the named stream (or its dead-letter stream) does not exist
@@ -28,6 +29,7 @@ __all__ = [
     "AdminError",
     "AppLoadError",
     "ConfigError",
+    "ConsumerNameInUse",
     "HandlerTimeout",
     "PayloadError",
     "PayloadTooLarge",
@@ -80,6 +82,15 @@ class PermissionDenied(ServerUnavailable):
     def __init__(self, message: str, denied: Sequence[tuple[str, str]]) -> None:
         super().__init__(message)
         self.denied = list(denied)  # (command, key) pairs the server refused
+
+
+class ConsumerNameInUse(StreamflowError):
+    """Another live process holds the lease of this worker's consumer name.
+
+    Raised at start-up for a fixed name (``consumer_name`` / ``worker_slot``), and by
+    :meth:`~streamflow.Worker.serve` after a graceful stop when another process took the
+    name while this worker could not renew its lease.
+    """
 
 
 class ServerBinaryNotFound(StreamflowError):

@@ -6,16 +6,24 @@ from this module (the runtime, the dead-letter tools, ``info``, the permission c
 
 from __future__ import annotations
 
+import re
+import socket
+
 __all__ = [
+    "CONSUMER_LEASES_PREFIX",
     "DLQ_SUFFIX",
     "RETRY_CONSUMER",
     "REPLAY_INFIX",
+    "consumer_leases_key",
     "dead_letter_stream",
+    "host_label",
     "id_ms",
     "id_successor",
     "parse_id",
     "replay_stream",
     "replayed_from",
+    "slot_consumer_name",
+    "slot_of",
 ]
 
 #: Pseudo-consumer of every group that holds failed entries while their retry backoff runs.
@@ -52,6 +60,43 @@ def replayed_from(key: str) -> tuple[str, str] | None:
     if not infix or not stream or not group:
         return None
     return stream, group
+
+
+#: Prefix of the hashes of consumer-name leases (see :mod:`streamflow.name_lease`).
+CONSUMER_LEASES_PREFIX = "streamflow:consumers:"
+
+_NOT_IN_HOST = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def consumer_leases_key(stream: str, group: str) -> str:
+    """The hash holding the consumer-name leases of ``group`` on ``stream``.
+
+    One field per consumer name a live process holds: ``streamflow:consumers:orders:billing``.
+    (``:`` may occur in names, so two (stream, group) pairs can share a hash, e.g.
+    ``a:b``/``c`` and ``a``/``b:c``: they then only keep each other from using the same
+    consumer name, never let two processes share one.)
+    """
+    return f"{CONSUMER_LEASES_PREFIX}{stream}:{group}"
+
+
+def host_label(hostname: str | None = None) -> str:
+    """The first label of the host name, reduced to letters, digits, ``_`` and ``-``."""
+    raw = (socket.gethostname() if hostname is None else hostname).split(".")[0]
+    return _NOT_IN_HOST.sub("-", raw).strip("-")[:100] or "host"
+
+
+def slot_consumer_name(host: str, slot: int) -> str:
+    """The default consumer name of worker slot ``slot`` on ``host``: ``<host>-<slot>``."""
+    return f"{host}-{slot}"
+
+
+def slot_of(name: str, host: str) -> int | None:
+    """The slot of ``name`` if it is a default name on ``host`` (``<host>-<n>``), else None."""
+    prefix = host + "-"
+    rest = name[len(prefix):]
+    if name.startswith(prefix) and rest.isascii() and rest.isdigit() and rest == str(int(rest)):
+        return int(rest)
+    return None
 
 
 def parse_id(raw: bytes | str) -> tuple[int, int]:

@@ -1,9 +1,10 @@
 """Least-privilege Redis ACLs: the commands each role needs, and a start-up permission check.
 
 A worker needs exactly the commands in :data:`WORKER_COMMANDS` (plus
-:data:`RETENTION_COMMANDS` when a handler has a ``retention=`` policy) on its streams
-and their dead-letter streams; a producer needs :data:`PRODUCER_COMMANDS`; the
-``streamflow info`` / ``dlq`` commands need :data:`ADMIN_COMMANDS`. See
+:data:`RETENTION_COMMANDS` when a handler has a ``retention=`` policy) on its streams,
+their dead-letter streams and its consumer-name lease hashes (:func:`worker_keys`); a
+producer needs :data:`PRODUCER_COMMANDS`; the ``streamflow info`` / ``dlq`` commands
+need :data:`ADMIN_COMMANDS`. See
 ``docs/security.md`` for ready-made ``ACL SETUSER`` lines.
 
 :func:`check_permissions` runs when a worker starts: it probes every command the worker
@@ -27,13 +28,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import redact_url
 from .errors import PermissionDenied, ServerUnavailable
-from .keys import replay_stream
+from .keys import consumer_leases_key, replay_stream
 
 if TYPE_CHECKING:
     from .spec import HandlerSpec
 
 __all__ = [
     "ADMIN_COMMANDS",
+    "LEASE_COMMANDS",
     "PRODUCER_COMMANDS",
     "RETENTION_COMMANDS",
     "WORKER_COMMANDS",
@@ -44,6 +46,13 @@ __all__ = [
     "worker_keys",
     "worker_probes",
 ]
+
+#: Commands on the consumer-name lease hash ``streamflow:consumers:<stream>:<group>``
+#: (:mod:`streamflow.runtime.identity`, mostly in Lua): take, renew, release, prune
+#: expired fields, read the live names at start-up. Hash commands only: on the stream
+#: keys the same ACL rule allows they fail (WRONGTYPE) instead of overwriting or
+#: expiring the stream, as SET, DEL or PEXPIRE could.
+LEASE_COMMANDS: tuple[str, ...] = ("hget", "hset", "hdel", "hgetall")
 
 #: Commands a worker sends (directly or inside its Lua scripts, which run under the same
 #: ACL user). ``xgroup|delconsumer`` is used by the script that prunes idle consumers.
@@ -61,6 +70,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "xadd",  # write dead-letter records (Lua, on the dead-letter stream)
     "eval",  # the Lua scripts (retry parking, lease renewal, dead-lettering, pruning)
     "multi", "exec",  # dead-lettering an entry too wide for a script (MULTI XADD XACK EXEC)
+    *LEASE_COMMANDS,
+    "time",  # server time for the consumer-name lease's expiry (Lua)
 )
 
 #: Extra commands a worker needs when a handler has a ``retention=`` policy.
@@ -75,6 +86,7 @@ ADMIN_COMMANDS: tuple[str, ...] = (
     "xinfo|stream", "xinfo|groups", "xinfo|consumers", "xpending", "xlen",
     "xrange", "xrevrange",
     "eval", "xdel", "xadd",  # dlq replay: XDEL + XADD in one script
+    "hgetall",  # consumer-name leases: live or stopped consumers, retry policies
 )
 
 
@@ -92,15 +104,17 @@ def acl_rules(commands: Iterable[str], keys: Iterable[str]) -> list[str]:
 
 
 def worker_keys(handlers: Iterable[HandlerSpec]) -> list[str]:
-    """Every key a worker of ``handlers`` touches: each stream, its group's replay stream and
-    its dead-letter stream."""
+    """Every key a worker of ``handlers`` touches: each stream, its group's replay stream, its
+    dead-letter stream and the consumer-name lease hash of each stream and group."""
     keys: dict[str, None] = {}
+    leases: dict[str, None] = {}
     for spec in handlers:
         for stream in spec.streams:
             keys[stream] = None
             keys[replay_stream(stream, spec.group)] = None
             keys[spec.dead_letter_stream(stream)] = None
-    return list(keys)
+            leases[consumer_leases_key(stream, spec.group)] = None
+    return [*keys, *leases]
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,16 @@ check('EXEC', 'EXEC')
 return denied
 """
 
+#: Likewise for HDEL (it deletes) on the lease hash KEYS[1]. Declaring the key also
+#: probes EVAL on it (the lease scripts run with it as their key).
+_LEASE_PROBE_SCRIPT = """
+local denied = {}
+if redis.acl_check_cmd == nil then return denied end
+local ok, allowed = pcall(redis.acl_check_cmd, 'HDEL', KEYS[1], 'streamflow-permission-probe')
+if ok and not allowed then denied[#denied + 1] = 'HDEL' end
+return denied
+"""
+
 _BAD_ID = "streamflow-permission-probe"  # not a stream id: commands stop before acting
 
 
@@ -155,6 +179,13 @@ def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str) -> list[P
             probes.append(Probe("XADD", dlq, ("XADD", dlq, "0-0", "probe", "")))
             for key in (stream, replay_stream(stream, group)):
                 probes += _read_probes(spec, key, dlq, group, consumer_name)
+            lease = consumer_leases_key(stream, group)
+            probes += [
+                Probe("HGET", lease, ("HGET", lease, consumer_name)),
+                Probe("HGETALL", lease, ("HGETALL", lease)),
+                Probe("HSET", lease, ("HSET", lease, consumer_name, _BAD_ID, "odd")),
+                Probe("EVAL", lease, ("EVAL", _LEASE_PROBE_SCRIPT, 1, lease)),
+            ]
     return probes
 
 
@@ -224,7 +255,7 @@ async def check_permissions(
         elif probe.command == "EVAL" and isinstance(reply, list):
             for label in reply:
                 command = label.decode() if isinstance(label, bytes) else str(label)
-                key = probe.key.split(", ")[0] if command.startswith("XGROUP") else ""
+                key = "" if command in ("MULTI", "EXEC") else probe.key.split(", ")[0]
                 missing.append((command, key, "command not allowed"))
     if not missing:
         return

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_IF_OWNED", "DEAD_LETTER", "DELETE_IDLE_CONSUMER", "MAX_SCRIPT_ARGS", "REPLAY"]
+__all__ = [
+    "CLAIM_IF_OWNED",
+    "DEAD_LETTER",
+    "DELETE_IDLE_CONSUMER",
+    "MAX_SCRIPT_ARGS",
+    "NAME_RELEASE",
+    "NAME_RENEW",
+    "NAME_TAKE",
+    "REPLAY",
+]
 
 #: Move pending entries owned by ARGV[2] to consumer ARGV[3], resetting their idle time,
 #: without counting a delivery. Entries another consumer took over are left alone.
@@ -73,4 +82,67 @@ end
 local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 redis.call('XDEL', KEYS[1], ARGV[1])
 return id
+"""
+
+# -- consumer-name leases (streamflow.name_lease) ------------------------------------------
+#
+# KEYS[1] is the lease hash of one stream and group (keys.consumer_leases_key); a field
+# per consumer name, its value "<expires ms>:<token>:<holder JSON>" in server time
+# (TIME), so the clocks of the workers never matter. Hash commands only: under a flat
+# ACL rule a worker may run them on its stream keys too, where they fail (WRONGTYPE)
+# instead of overwriting or expiring the stream as SET, DEL or PEXPIRE could.
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: Take the lease of name ARGV[1] for token ARGV[2] (holder JSON ARGV[3], ARGV[4] ms)
+#: unless another token's lease is stored for it, expired or not - unless that lease's
+#: value is exactly ARGV[5] (compare-and-swap: a holder the caller judged gone; ""
+#: for none). Whether an expired holder may be replaced is the caller's decision (it
+#: may know the holder lives). Expired fields of other names are deleted on the way.
+#: Returns {1, now} or {0, now, current value}.
+NAME_TAKE = _NOW + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cur ~= ARGV[5] and string.match(cur, '^%d+:(%x+):') ~= ARGV[2] then
+  return {0, now, cur}
+end
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ':' .. ARGV[2] .. ':' .. ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local exp = string.match(all[i + 1], '^(%d+):')
+  if all[i] ~= ARGV[1] and (not exp or tonumber(exp) <= now) then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return {1, now}
+"""
+
+#: Renew the lease of name ARGV[1] held by token ARGV[2] (arguments as NAME_TAKE).
+#: Returns {1, now} renewed, {3, now} renewed although it had expired (nobody took it
+#: meanwhile), {2, now} taken again because the field was gone (server data lost, or
+#: pruned after it expired), {0, now, value} lost: another token holds the name now.
+NAME_RENEW = _NOW + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local state = 2
+if cur then
+  local exp, tok = string.match(cur, '^(%d+):(%x+):')
+  if tok ~= ARGV[2] then
+    return {0, now, cur}
+  end
+  state = 1
+  if tonumber(exp) <= now then state = 3 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ':' .. ARGV[2] .. ':' .. ARGV[3])
+return {state, now}
+"""
+
+#: Delete the lease of name ARGV[1] if token ARGV[2] still holds it. Returns 1 or 0.
+NAME_RELEASE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.match(cur, '^%d+:(%x+):') == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
 """

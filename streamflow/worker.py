@@ -7,16 +7,17 @@ later. A second signal cancels running handlers at once, and the process exits w
 128 + that signal's number (130 after SIGINT, 143 after SIGTERM; 1 for a second
 :meth:`Worker.stop` call), as a shell reports a process the signal killed: a forced stop
 is not a clean one.
+
+The consumer name (default ``<host>-<slot>``) and the lease that keeps it this
+process's own are :mod:`streamflow.runtime.identity`'s: taken before the consumers
+start, renewed by a task of the worker's task group, released after they stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import secrets
 import signal
-import socket
 from typing import Any
 
 import anyio
@@ -24,12 +25,16 @@ import structlog
 from redis.exceptions import RedisError
 
 from .config import Settings, unknown_env_vars
-from .connection import Connection
-from .errors import ConfigError
+from .connection import Connection, redact_url
+from .errors import ConfigError, ConsumerNameInUse, ServerUnavailable
+from .keys import host_label, slot_consumer_name
 from .permissions import check_permissions
+from .redis_errors import TRANSIENT
 from .runtime.acks import AckBuffer
 from .runtime.consumer import Consumer
+from .runtime.identity import LEASE_TTL, Identity, fixed_name
 from .runtime.loopwatch import LoopWatch
+from .runtime.stopped import report_stopped_consumers
 from .spec import Registry
 from .stats import WorkerStats
 
@@ -38,10 +43,13 @@ __all__ = ["Worker", "default_consumer_name", "run_worker"]
 log = structlog.get_logger("streamflow.worker")
 
 
-def default_consumer_name() -> str:
-    """``<host>-<pid>-<random>``: unique per process, readable in ``streamflow info``."""
-    host = socket.gethostname().split(".")[0] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+def default_consumer_name(slot: int = 0) -> str:
+    """``<host>-<slot>``: the default name of worker slot ``slot`` on this host.
+
+    Which slot a worker takes is decided when it starts (the lowest free one, see
+    :mod:`streamflow.runtime.identity`).
+    """
+    return slot_consumer_name(host_label(), slot)
 
 
 class Worker:
@@ -56,7 +64,10 @@ class Worker:
     ) -> None:
         self.app = app  # handlers, hooks, and where publishing goes while serving
         self.settings = settings or app.settings()  # resolved once, read as attributes
-        self.name = self.settings.consumer_name or default_consumer_name()  # consumer name
+        # The consumer name: fixed by the settings, else the slot taken in serve().
+        self.name = fixed_name(self.settings, host_label()) or default_consumer_name()
+        self.lease_ttl = LEASE_TTL  # seconds a consumer-name lease lives unrenewed
+        self._identity: Identity | None = None  # the name's leases while serving
         self.handle_signals = handle_signals  # install SIGINT/SIGTERM handlers in serve()
         self.consumers: list[Consumer] = []  # one per handler, built in serve()
         self.acker: AckBuffer | None = None  # built in serve(), on the worker's client
@@ -141,14 +152,28 @@ class Worker:
             await warn_if_streams_can_be_evicted(client)
             for hook in self.app.startup_hooks:
                 await hook()
-            self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
-            self.consumers = [
-                Consumer(spec, client, self.acker, s, self.name) for spec in self.app.handlers
-            ]
-            await self._run(conn)
+            if not await self._take_name(client):
+                return
+            try:
+                await report_stopped_consumers(
+                    client, self._identity.pairs if self._identity else [], me=self.name,
+                    visibility_timeout=s.visibility_timeout, log=log)
+                self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
+                self.consumers = [
+                    Consumer(spec, client, self.acker, s, self.name) for spec in self.app.handlers
+                ]
+                await self._run(conn)
+            finally:
+                await self._release_name()
             for hook in self.app.shutdown_hooks:
                 with anyio.CancelScope(shield=True):
                     await hook()
+            lost = self._identity.lost if self._identity else None
+            if lost is not None:
+                raise ConsumerNameInUse(
+                    f"consumer name {self.name!r} was taken over by another process "
+                    f"({lost.describe()}) while this worker could not renew its lease; "
+                    "this worker stopped so that the two never share it")
         finally:
             if self.app.current_connection() is conn:
                 self.app.bind_connection(
@@ -156,6 +181,33 @@ class Worker:
                 )
             if owned:
                 await conn.aclose()
+
+    async def _take_name(self, client: Any) -> bool:
+        """Take this worker's consumer name and its leases (see :mod:`.runtime.identity`).
+
+        False when a stop was requested while waiting for a fixed name.
+        """
+        identity = Identity(client, self.app.handlers, self.settings, ttl=self.lease_ttl,
+                            log=log)
+        try:
+            name = await identity.acquire(self._stop)
+        except TRANSIENT as exc:
+            text = redact_url(str(exc)) or type(exc).__name__
+            raise ServerUnavailable(f"lost Redis while taking the consumer name: {text}") from None
+        if name is None:
+            return False
+        self._identity, self.name = identity, name
+        return True
+
+    def _name_lost(self, reason: str) -> None:
+        """Another process took this worker's name: stop (unless already stopping)."""
+        if not self.stopping:
+            self.stop(reason)
+
+    async def _release_name(self) -> None:
+        if self._identity is not None:
+            with anyio.CancelScope(shield=True):
+                await self._identity.release()
 
     async def _run(self, conn: Connection) -> None:
         assert self.acker is not None
@@ -172,6 +224,8 @@ class Worker:
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_acker)
             tg.start_soon(LoopWatch(self.app.handlers, log).run)
+            if self._identity is not None:
+                tg.start_soon(self._identity.keep, self._name_lost)
             if self.handle_signals:
                 await tg.start(self._watch_signals)
             for c in self.consumers:

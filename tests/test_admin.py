@@ -101,7 +101,7 @@ def test_info_json_reports_groups_pending_retry_lag_and_dlq(
     assert orders["dlq"] == {"name": "orders:dlq", "length": 1}
     (group,) = orders["groups"]
     assert group["name"] == "billing"
-    assert group["consumer_count"] == 2
+    assert group["consumer_count"] == 1  # worker-1: the retry pseudo-consumer is no consumer
     assert group["pending"] == 3  # 4 delivered, 1 dead-lettered (acked)
     assert group["waiting_for_retry"] == 1
     assert group["in_progress"] == 2

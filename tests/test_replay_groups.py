@@ -85,3 +85,26 @@ async def test_a_replayed_entry_that_fails_again_is_dead_lettered_again(redis_ur
         assert again["groups"] == {"g": {"to": "jobs:replay:g", "replayed": 1}}
         await wait_until(lambda: worker.stats().dead_lettered == 3, what="third dead letter")
     assert attempts == [False, True, True]
+
+
+async def test_info_shows_replay_streams_with_their_group(redis_url: str) -> None:
+    """`streamflow info` lists no replay stream as a stream of its own: it shows it with the
+    group it belongs to, with what that group has yet to handle of it."""
+    app = App(redis_url)
+
+    @app.handler("jobs", group="g", retry=Retry(max_attempts=1))
+    async def work(msg: Message) -> None:
+        raise Reject("no")
+
+    async with running_worker(app, redis_url) as worker:
+        await app.publish("jobs", {"x": 1})
+        await wait_until(lambda: worker.stats().dead_lettered == 1, what="a dead letter")
+    await _cli("dlq", "replay", "jobs", "--all", "--redis-url", redis_url)  # no worker now
+    doc = await _cli("info", "--redis-url", redis_url)
+    streams = doc["streams"]
+    assert [s["name"] for s in streams] == ["jobs"]  # type: ignore[index]
+    (group,) = streams[0]["groups"]  # type: ignore[index]
+    assert group["replay"] == {"name": "jobs:replay:g", "length": 1, "pending": 0, "lag": 1}
+    text = await anyio.run_process([sys.executable, "-m", "streamflow", "info", "--redis-url",
+                                    redis_url], check=True)
+    assert "jobs:replay:g" in text.stdout.decode()

@@ -35,6 +35,7 @@ from streamflow.errors import ServerUnavailable
 from streamflow.logging import RedactingFilter, configure_logging
 from streamflow.permissions import (
     ADMIN_COMMANDS,
+    LEASE_COMMANDS,
     PRODUCER_COMMANDS,
     RETENTION_COMMANDS,
     WORKER_COMMANDS,
@@ -96,14 +97,17 @@ def acl(redis_url: str) -> Iterator[AclUsers]:
         users.close()
 
 
-ORDERS_KEYS = ["orders", "orders:replay:billing", "orders:dlq"]
+LEASES = "streamflow:consumers:orders:billing"  # consumer-name leases of orders/billing
+ORDERS_KEYS = ["orders", "orders:replay:billing", "orders:dlq", LEASES]
 WORKER_RULES = acl_rules(WORKER_COMMANDS, ORDERS_KEYS)
 PRODUCER_RULES = acl_rules(PRODUCER_COMMANDS, ["orders"])
-ADMIN_RULES = acl_rules(ADMIN_COMMANDS, ["orders", "orders:dlq", "orders:replay:*"])
+ADMIN_RULES = acl_rules(ADMIN_COMMANDS, ["orders", "orders:dlq", "orders:replay:*",
+                                         "streamflow:consumers:orders:*"])
 SELECTOR_WORKER_RULES = [
-    *acl_rules([c for c in WORKER_COMMANDS if c not in ("xadd", "eval")],
+    *acl_rules([c for c in WORKER_COMMANDS if c not in ("xadd", "eval", *LEASE_COMMANDS)],
                ["orders", "orders:replay:billing"]),
-    "(+xadd ~orders:dlq)", "(+eval ~orders ~orders:replay:billing ~orders:dlq)",
+    "(+xadd ~orders:dlq)", f"(+eval ~orders ~orders:replay:billing ~orders:dlq ~{LEASES})",
+    f"({' '.join('+' + c for c in LEASE_COMMANDS)} ~{LEASES})",
 ]
 
 
@@ -127,6 +131,14 @@ def worker_commands_sent() -> list[list[Any]]:
         ["EVAL", scripts.DELETE_IDLE_CONSUMER, 1, "orders", "billing", "w0", 1000],
         ["MULTI"],
         ["EXEC"],
+        ["TIME"],
+        ["HGET", LEASES, "w1"],
+        ["HSET", LEASES, "w1", "1:ab:{}"],
+        ["HDEL", LEASES, "w1"],
+        ["HGETALL", LEASES],
+        ["EVAL", scripts.NAME_TAKE, 1, LEASES, "w1", "ab", "{}", 15000, ""],
+        ["EVAL", scripts.NAME_RENEW, 1, LEASES, "w1", "ab", "{}", 15000],
+        ["EVAL", scripts.NAME_RELEASE, 1, LEASES, "w1", "ab"],
     ]
 
 
@@ -136,6 +148,9 @@ DESTRUCTIVE = [
     ["XGROUP", "SETID", "orders", "billing", "$"],
     ["XDEL", "orders", "1-0"],
     ["DEL", "orders"],
+    ["SET", "orders", "x"],
+    ["PEXPIRE", "orders", 1],
+    ["HSET", "streamflow:consumers:payments:billing", "w1", "1:ab:{}"],
     ["FLUSHALL"],
     ["CONFIG", "GET", "*"],
     ["KEYS", "*"],
@@ -186,8 +201,10 @@ def test_documented_acl_rules_allow_exactly_what_each_role_sends(acl: AclUsers) 
                     ["XINFO", "CONSUMERS", "orders", "billing"], ["XPENDING", "orders", "billing"],
                     ["XLEN", "orders:dlq"], ["XRANGE", "orders:dlq", "-", "+", "COUNT", 100],
                     ["XREVRANGE", "orders:dlq", "+", "-", "COUNT", 1],
-                    ["EVAL", scripts.REPLAY, 2, "orders:dlq", "orders", "1-0", "a", "b"]):
+                    ["EVAL", scripts.REPLAY, 2, "orders:dlq", "orders", "1-0", "a", "b"],
+                    ["HGETALL", LEASES]):
         assert acl.dryrun("sf-admin", *command) == "OK", command
+    assert acl.dryrun("sf-admin", "HSET", LEASES, "w1", "1:ab:{}") != "OK"  # reads leases only
     for command in DESTRUCTIVE:
         if command[0] != "XDEL":  # dlq replay deletes replayed records with XDEL
             assert acl.dryrun("sf-admin", *command) != "OK", command
@@ -288,6 +305,10 @@ MISSING_CASES = [
     pytest.param("xadd", ORDERS_KEYS, None, "XADD on 'orders:dlq' (command not allowed)", id="xadd"),
     pytest.param("multi", ORDERS_KEYS, None, "MULTI (command not allowed)", id="multi"),
     pytest.param(None, ["orders"], None, "XADD on 'orders:dlq' (key not allowed)", id="dlq-key"),
+    pytest.param(None, ["orders", "orders:dlq"], None, f"HSET on {LEASES!r} (key not allowed)",
+                 id="lease-key"),
+    pytest.param("hdel", ORDERS_KEYS, None, f"HDEL on {LEASES!r} (command not allowed)",
+                 id="lease-hdel"),
     pytest.param(None, ORDERS_KEYS, Retention(max_len=10), "XTRIM on 'orders' (command not allowed)",
                  id="retention-xtrim"),
 ]
@@ -370,7 +391,8 @@ async def test_permission_probes_change_nothing(any_redis_url: str) -> None:
                 for volatile in ("idle", "inactive", "time_since_delivered"):
                     row.pop(volatile, None)
         assert a == b
-    assert admin.exists("orders:dlq", "fresh", "fresh:dlq") == 0
+    assert admin.exists("orders:dlq", "fresh", "fresh:dlq", LEASES,
+                        "streamflow:consumers:fresh:g2") == 0
     admin.close()
 
 

@@ -4,7 +4,8 @@
     Streams (all keys of type stream when none are named, dead-letter streams
     ``<stream>:dlq`` folded into their stream), their consumer groups (pending, lag,
     oldest pending entry, entries parked on ``streamflow:retry`` waiting for their
-    backoff) and each group's consumers with their pending count and idle time.
+    backoff) and each group's consumers with their pending count, idle time and state
+    (live: a process holds the name's lease; stopped), and when each parked retry runs.
 
 ``streamflow dlq list STREAM``
     The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``).
@@ -25,6 +26,8 @@ The package:
 * :mod:`~streamflow.admin.runner`: which server, one connection per command, and the
   translation of redis-py errors into ``ServerUnavailable`` / ``AdminError``.
 * :mod:`~streamflow.admin.info`: ``info``'s data (``StreamInfo``...) and command.
+* :mod:`~streamflow.admin.liveness`: live or stopped consumers and retry due times,
+  from the consumer-name leases.
 * :mod:`~streamflow.admin.dlq`: the ``dlq`` commands; reading and replaying records is
   :mod:`streamflow.deadletter`'s.
 * :mod:`~streamflow.admin.render`: tables, durations, timestamps, JSON output.

@@ -4,7 +4,12 @@
 :class:`ConsumerInfo` (the JSON document of ``info --json`` is their ``to_json()``);
 :func:`cmd_info` is the command. Dead-letter streams are found by
 :func:`streamflow.keys.dead_letter_stream` (the default naming: ``<stream>:dlq``) and
-shown with their stream, not as streams of their own.
+shown with their stream, not as streams of their own. Whether a consumer is live or
+stopped, and when parked retries are due, comes from :mod:`~streamflow.admin.liveness`.
+
+Without stream names, ``info`` lists the server's streams with ``SCAN``. A Redis user
+restricted to some keys (see ``docs/security.md``) may not be allowed to: ``info`` then
+says to name the streams; streams the user may not read are left out and named.
 """
 
 from __future__ import annotations
@@ -14,15 +19,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from ..connection import Connection, redact_url
-from ..errors import UnknownStream
-from ..keys import DLQ_SUFFIX, RETRY_CONSUMER, dead_letter_stream, id_ms, parse_id
+from ..errors import AdminError, UnknownStream
+from ..keys import (
+    DLQ_SUFFIX,
+    RETRY_CONSUMER,
+    dead_letter_stream,
+    id_ms,
+    parse_id,
+    replay_stream,
+    replayed_from,
+)
+from .liveness import RetryInfo, parked_retries, read_leases
 from .render import emit_json, render_info
 from .runner import redis_url, run
 
-__all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "cmd_info", "collect_info"]
+__all__ = ["ConsumerInfo", "GroupInfo", "InfoReport", "StreamInfo", "cmd_info", "collect_info"]
+
+#: What ``info`` says when it may not list or read the server's streams.
+NAME_STREAMS_HINT = "name the streams to show instead: streamflow info STREAM [STREAM ...]"
 
 
 # -- reply decoding -------------------------------------------------------------------------
@@ -78,12 +95,17 @@ async def _key_type(client: Any, key: bytes) -> str:
 
 @dataclass
 class ConsumerInfo:
-    """One consumer of a group (``streamflow:retry`` holds entries waiting for retry)."""
+    """One consumer of a group (``streamflow:retry`` holds entries waiting for retry).
+
+    A live worker that has not been delivered anything yet holds a lease but is no
+    consumer of the group in Redis yet: it is listed from its lease, ``idle_ms`` None.
+    """
 
     name: str
     pending: int
-    idle_ms: int
+    idle_ms: int | None
     inactive_ms: int | None  # Redis 7.2+/Valkey: time since the last successful read
+    state: str | None = None  # live / stopped / unknown (leases unreadable); None: retry
 
     @property
     def is_retry(self) -> bool:
@@ -95,6 +117,7 @@ class ConsumerInfo:
         return {
             "name": self.name, "pending": self.pending, "idle_ms": self.idle_ms,
             "inactive_ms": self.inactive_ms, "waiting_for_retry": self.is_retry,
+            "state": self.state,
         }
 
 
@@ -103,7 +126,7 @@ class GroupInfo:
     """One consumer group of a stream."""
 
     name: str
-    consumer_count: int
+    consumer_count: int  # real consumers: the retry pseudo-consumer is not counted
     pending: int
     last_delivered_id: str
     entries_read: int | None
@@ -111,16 +134,21 @@ class GroupInfo:
     waiting_for_retry: int
     oldest_pending: dict[str, Any] | None
     consumers: list[ConsumerInfo] = field(default_factory=list)
+    live_consumers: int | None = None  # None when the leases cannot be read
+    retries: list[RetryInfo] = field(default_factory=list)  # parked, soonest due first
+    replay: dict[str, Any] | None = None  # the group's replay stream, when it holds entries
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
-            "name": self.name, "consumer_count": self.consumer_count, "pending": self.pending,
+            "name": self.name, "consumer_count": self.consumer_count,
+            "live_consumers": self.live_consumers, "pending": self.pending,
             "waiting_for_retry": self.waiting_for_retry,
+            "retries": [r.to_json() for r in self.retries],
             "in_progress": self.pending - self.waiting_for_retry,
             "lag": self.lag, "entries_read": self.entries_read,
             "last_delivered_id": self.last_delivered_id, "oldest_pending": self.oldest_pending,
-            "consumers": [c.to_json() for c in self.consumers],
+            "consumers": [c.to_json() for c in self.consumers], "replay": self.replay,
         }
 
 
@@ -157,13 +185,22 @@ class StreamInfo:
 async def _list_streams(client: Any) -> list[bytes]:
     """Names of the streams to show: every stream key, DLQs replaced by their stream."""
     keys: set[bytes] = set()
-    async for key in client.scan_iter(_type="stream", count=1000):
-        keys.add(bytes(key))
+    try:
+        async for key in client.scan_iter(_type="stream", count=1000):
+            keys.add(bytes(key))
+    except NoPermissionError:
+        raise AdminError(
+            f"this Redis user may not list the server's keys (SCAN is not allowed); "
+            f"{NAME_STREAMS_HINT}") from None
     # Recognising a default-named DLQ is the inverse of keys.dead_letter_stream.
     suffix = DLQ_SUFFIX.encode()
     names = {k for k in keys if not k.endswith(suffix)}
     # A dead-letter stream whose stream is gone is still reported (under its stream's name).
     names |= {k[: -len(suffix)] for k in keys if k.endswith(suffix) and len(k) > len(suffix)}
+    # Replay streams (keys.replay_stream) are shown with their stream's groups, not apart.
+    replays = {k: replayed_from(_s(k)) for k in names}
+    names = {k for k, origin in replays.items() if origin is None}
+    names |= {origin[0].encode() for origin in replays.values() if origin is not None}
     return sorted(names)
 
 
@@ -198,14 +235,44 @@ async def _group_info(client: Any, key: bytes, row: Any, last_generated: Any, no
             name=_s(c["name"]), pending=int(c.get("pending") or 0),
             idle_ms=int(c.get("idle") or 0), inactive_ms=_int(c.get("inactive")),
         ))
+    leases = await read_leases(client, key, bytes(g["name"]), now_ms)
+    known = {c.name for c in consumers}
+    consumers += [ConsumerInfo(name=n, pending=0, idle_ms=None, inactive_ms=None)
+                  for n in sorted(leases.live - known)]
     consumers.sort(key=lambda c: (c.is_retry, c.name))
+    for consumer in consumers:
+        consumer.state = leases.state(consumer.name)
+    waiting = sum(c.pending for c in consumers if c.is_retry)
     oldest = await _oldest_pending(client, key, g["name"], now_ms) if pending else None
     return GroupInfo(
-        name=name, consumer_count=int(g.get("consumers") or 0), pending=pending,
+        # XINFO GROUPS counts the retry pseudo-consumer too: count real consumers only.
+        name=name, consumer_count=sum(1 for c in consumers if not c.is_retry), pending=pending,
         last_delivered_id=last_delivered, entries_read=_int(g.get("entries-read")), lag=lag,
-        waiting_for_retry=sum(c.pending for c in consumers if c.is_retry),
-        oldest_pending=oldest, consumers=consumers,
+        waiting_for_retry=waiting, oldest_pending=oldest, consumers=consumers,
+        live_consumers=sum(1 for c in consumers if c.state == "live")
+        if leases.readable else None,
+        retries=await parked_retries(client, key, g["name"], leases) if waiting else [],
+        replay=await _replay(client, key, g["name"]),
     )
+
+
+async def _replay(client: Any, key: bytes, group: Any) -> dict[str, Any] | None:
+    """The replay stream of ``group`` on ``key`` (``dlq replay`` writes there), if not empty:
+    its name, length, and what the group has yet to handle of it (pending, lag)."""
+    name = replay_stream(_s(key), _s(group))
+    try:
+        length = int(await client.execute_command("XLEN", name))
+        if not length:
+            return None
+        rows = await client.execute_command("XINFO", "GROUPS", name)
+    except NoPermissionError:
+        return None  # a user restricted to some keys: the stream's own figures still show
+    out: dict[str, Any] = {"name": name, "length": length, "pending": None, "lag": None}
+    for row in rows or []:
+        g = _pairs(row)
+        if _s(g.get("name")) == _s(group):
+            out.update(pending=int(g.get("pending") or 0), lag=_int(g.get("lag")))
+    return out
 
 
 async def _stream_info(client: Any, key: bytes, now_ms: int) -> StreamInfo:
@@ -231,20 +298,39 @@ async def _stream_info(client: Any, key: bytes, now_ms: int) -> StreamInfo:
     return info
 
 
-async def collect_info(client: Any, streams: Sequence[str]) -> list[StreamInfo]:
-    """Info on ``streams`` (all streams when empty); unknown named streams raise UnknownStream."""
+@dataclass
+class InfoReport:
+    """What ``info`` found: the streams, and those left out because the user may not read them."""
+
+    streams: list[StreamInfo]
+    hidden: list[str] = field(default_factory=list)
+
+
+async def collect_info(client: Any, streams: Sequence[str]) -> InfoReport:
+    """Info on ``streams`` (all streams when empty); unknown named streams raise UnknownStream.
+
+    Listed (not named) streams the Redis user may not read are left out and named in
+    :attr:`InfoReport.hidden`; a user who may not list keys gets an AdminError saying to
+    name the streams.
+    """
     now_ms = await _server_ms(client)
     keys = [s.encode() for s in streams] if streams else await _list_streams(client)
-    out: list[StreamInfo] = []
+    out = InfoReport([])
     for key in keys:
-        info = await _stream_info(client, key, now_ms)
+        try:
+            info = await _stream_info(client, key, now_ms)
+        except NoPermissionError:
+            if streams:
+                raise
+            out.hidden.append(_s(key))
+            continue
         if info.kind not in ("stream", "none"):
             if streams:
                 raise UnknownStream(f"key {info.name!r} is a {info.kind}, not a stream")
             info.kind = "none"  # listed only for its dead-letter stream
         if streams and not info.exists and not info.dlq_length:
             raise UnknownStream(f"stream {info.name!r} does not exist (nor {info.dlq_name!r})")
-        out.append(info)
+        out.streams.append(info)
     return out
 
 
@@ -256,16 +342,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     url = redis_url(args)
     streams: list[str] = list(args.streams or [])
 
-    async def work(client: Any, conn: Connection) -> tuple[str, list[StreamInfo]]:
+    async def work(client: Any, conn: Connection) -> tuple[str, InfoReport]:
         return await _server_version(client), await collect_info(client, streams)
 
-    version, infos = run(url, work)
+    version, report = run(url, work)
     safe = redact_url(url)
+    hint = NAME_STREAMS_HINT if report.hidden else None
     if args.json:
         emit_json({
             "server": {"url": safe, "version": version},
-            "streams": [s.to_json() for s in infos],
+            "streams": [s.to_json() for s in report.streams],
+            "hidden_streams": report.hidden, "hint": hint,
         })
     else:
-        print(render_info(safe, version, infos))
+        print(render_info(safe, version, report.streams, report.hidden, hint))
     return 0

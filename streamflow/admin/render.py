@@ -17,6 +17,7 @@ from ..deadletter import DeadLetter, ReplayResult
 
 if TYPE_CHECKING:  # only annotations: info.py imports this module to print
     from .info import StreamInfo
+    from .liveness import RetryInfo
 
 __all__ = [
     "clean",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 ERROR_WIDTH = 60  # characters of the error shown in the ``dlq list`` table
+RETRIES_SHOWN = 10  # parked retries listed per group in the ``info`` text
 
 
 def emit_json(doc: Any) -> None:
@@ -102,11 +104,35 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable
 # -- info -----------------------------------------------------------------------------------
 
 
-def render_info(url: str, version: str, streams: list[StreamInfo]) -> str:
-    """The text of ``streamflow info``: a stream table, then groups, then consumers."""
+_STATE = {"live": "live", "stopped": "stopped", "unknown": "?", None: "-"}  # None: retry
+
+
+def retry_due(r: RetryInfo) -> str:
+    """When a parked retry runs: ``in 1.2s to 2.2s``, ``now``, or ``after backoff`` if unknown."""
+    if r.due_in_ms is None:
+        return "after backoff (no live worker: policy unknown)"
+    window = r.window_ms or 0
+    if r.due_in_ms <= 0:
+        late = -r.due_in_ms
+        if late <= window:
+            return "now (at the next reclaim pass)"
+        return f"now, {duration(late)} past due (waiting for a free slot or a reclaim pass)"
+    return f"in {duration(r.due_in_ms)} to {duration(r.due_in_ms + window)}"
+
+
+def render_info(
+    url: str, version: str, streams: list[StreamInfo], hidden: Sequence[str] = (),
+    hint: str | None = None,
+) -> str:
+    """The text of ``streamflow info``: streams, groups, consumers, parked retries."""
     head = f"{version} at {url}" if version else url
+    note = ""
+    if hidden:
+        names = ", ".join(clean(h) for h in hidden[:5]) + (", ..." if len(hidden) > 5 else "")
+        note = (f"\n\n{len(hidden)} stream(s) not shown: this Redis user may not read them "
+                f"({names}); {hint or ''}").rstrip("; ")
     if not streams:
-        return f"{head}: no streams"
+        return f"{head}: no streams{note}"
     blocks = [head, ""]
     blocks.append(table(
         ["STREAM", "LENGTH", "FIRST ID", "LAST ID", "GROUPS", "DLQ", "DLQ LENGTH"],
@@ -119,31 +145,62 @@ def render_info(url: str, version: str, streams: list[StreamInfo]) -> str:
     ))
     group_rows: list[list[Any]] = []
     consumer_rows: list[list[Any]] = []
+    retry_rows: list[list[Any]] = []
+    replay_rows: list[list[Any]] = []
+    unreadable = False
     for s in streams:
         for g in s.groups:
             oldest = g.oldest_pending
+            unreadable = unreadable or g.live_consumers is None
             group_rows.append([
-                s.name, g.name, g.consumer_count, g.pending, g.waiting_for_retry,
+                s.name, g.name, g.consumer_count,
+                "?" if g.live_consumers is None else g.live_consumers,
+                g.pending, g.waiting_for_retry,
                 "?" if g.lag is None else g.lag, g.last_delivered_id,
                 f"{duration(oldest['age_ms'])} ({oldest['id']})" if oldest else "-",
             ])
             for c in g.consumers:
                 consumer_rows.append([
-                    s.name, g.name, c.name, c.pending, duration(c.idle_ms),
-                    "waiting for retry" if c.is_retry else "",
+                    s.name, g.name, c.name, _STATE.get(c.state, "?"), c.pending,
+                    duration(c.idle_ms), "waiting for retry" if c.is_retry
+                    else "nothing delivered yet" if c.idle_ms is None else "",
                 ])
+            for r in g.retries[:RETRIES_SHOWN]:
+                retry_rows.append([s.name, g.name, r.id, r.attempt, duration(r.idle_ms),
+                                   retry_due(r)])
+            if g.replay is not None:
+                rp = g.replay
+                replay_rows.append([s.name, g.name, rp["name"], rp["length"],
+                                    "?" if rp["pending"] is None else rp["pending"],
+                                    "?" if rp["lag"] is None else rp["lag"]])
+            if g.waiting_for_retry > RETRIES_SHOWN:
+                retry_rows.append([s.name, g.name, f"... {g.waiting_for_retry - RETRIES_SHOWN}"
+                                   " more (--json lists up to 1000)", "", "", ""])
     if group_rows:
         blocks += ["", table(
-            ["STREAM", "GROUP", "CONSUMERS", "PENDING", "RETRY WAIT", "LAG", "LAST DELIVERED",
-             "OLDEST PENDING"],
-            group_rows, right=(2, 3, 4, 5),
+            ["STREAM", "GROUP", "CONSUMERS", "LIVE", "PENDING", "RETRY WAIT", "LAG",
+             "LAST DELIVERED", "OLDEST PENDING"],
+            group_rows, right=(2, 3, 4, 5, 6),
         )]
     if consumer_rows:
         blocks += ["", table(
-            ["STREAM", "GROUP", "CONSUMER", "PENDING", "IDLE", "NOTE"],
-            consumer_rows, right=(3, 4),
+            ["STREAM", "GROUP", "CONSUMER", "STATE", "PENDING", "IDLE", "NOTE"],
+            consumer_rows, right=(4, 5),
         )]
-    return "\n".join(blocks)
+        if unreadable:
+            blocks.append("(STATE ?: this Redis user may not read the consumer leases, "
+                          "HGETALL streamflow:consumers:<stream>:<group>)")
+    if retry_rows:
+        blocks += ["", table(
+            ["STREAM", "GROUP", "PARKED RETRY", "ATTEMPT", "IDLE", "RUNS AGAIN"],
+            retry_rows, right=(3, 4),
+        )]
+    if replay_rows:
+        blocks += ["", table(
+            ["STREAM", "GROUP", "REPLAY STREAM", "LENGTH", "PENDING", "LAG"],
+            replay_rows, right=(3, 4, 5),
+        )]
+    return "\n".join(blocks) + note
 
 
 # -- dlq ------------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ One message's way, module by module::
     maintenance prunes long-idle consumers, trims by the retention policy
     consumer    wires the parts for one handler; owns their tasks
 
+Beside the message's way, for the worker as a whole::
+
+    identity    the worker's consumer name and the leases that keep it its own
+    stopped     the start-up report of work that stopped consumers left pending
+
 Each module imports only from modules listed above it (and from the package's bottom
 layer); :mod:`streamflow.worker` runs one :class:`~.consumer.Consumer` per handler.
 """

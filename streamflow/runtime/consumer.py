@@ -74,7 +74,8 @@ class Consumer:
         self._intake_scope: anyio.CancelScope | None = None  # readers and reclaimer
 
         common = {"counters": self.counters, "log": self.log}
-        self.failures = Failures(client, spec, group=self.group, consumer=self.name, **common)
+        self.failures = Failures(client, spec, group=self.group, consumer=self.name,
+                                 reclaim_interval=settings.reclaim_interval, **common)
         func = spec.func
         if _debug_enabled(self.log):
             func = logging_handled(func, self.log)

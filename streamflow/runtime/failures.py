@@ -75,7 +75,7 @@ class Failures:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, group: str, consumer: str,
-        counters: Counters, log: Any,
+        counters: Counters, log: Any, reclaim_interval: float = 0.0,
     ) -> None:
         self.client = client  # shared redis.asyncio client
         self.spec = spec  # retry policy, timeout, dead-letter naming
@@ -83,6 +83,7 @@ class Failures:
         self.consumer = consumer  # this process's consumer name (owner of failed entries)
         self.counters = counters  # failed / retried / dead_lettered / trimmed
         self.log = log  # bound with group, consumer, handler
+        self.reclaim_interval = reclaim_interval  # a due retry waits up to this for a pass
 
     async def handle(self, msg: Message, exc: BaseException) -> None:
         """The slot pool's failure hook: count, log, and retry or dead-letter ``msg``."""
@@ -98,8 +99,11 @@ class Failures:
                 self.log.error("handler_failed_final", **fields, exc_info=exc)
                 await self.dead_letter(msg, d.error_type, d.error, exc)
             else:
-                self.log.warning("handler_failed", **fields, retry_in=round(d.retry_in, 3),
-                                 exc_info=exc)
+                # When the retry runs: the reclaimer claims it once its backoff (with this
+                # entry's jitter, as the reclaimer computes it) elapsed, at its next pass.
+                delay = self.spec.retry.delay(msg.attempt, msg.raw_id)
+                self.log.warning("handler_failed", **fields, retry_in=round(delay, 3),
+                                 retry_by=round(delay + self.reclaim_interval, 3), exc_info=exc)
                 await self.park(msg)
         except (RedisError, OSError) as err:
             # The entry stays pending under this consumer: it is retried after the
