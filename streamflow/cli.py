@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--visibility-timeout", type=_positive_float, metavar="SECONDS",
                         help="idle time after which a dead consumer's entries are reclaimed")
     tuning.add_argument("--consumer-name", metavar="NAME",
-                        help="fixed consumer name (default: <host>-<slot>, the lowest slot no live process holds)")
+                        help="fixed consumer name (default: <host>-<slot>, lowest free slot)")
     tuning.add_argument("--loop", choices=LOOPS,
                         help="event loop (default auto: uvloop when installed, else asyncio)")
     logs = run.add_argument_group("logging")
