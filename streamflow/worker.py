@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from .config import Settings, unknown_env_vars
 from .connection import Connection, redact_url
-from .errors import ConfigError, ConsumerNameInUse, ServerUnavailable
+from .errors import ConfigError, ConsumerNameInUse
 from .keys import host_label, slot_consumer_name
 from .permissions import check_permissions
 from .redis_errors import TRANSIENT
@@ -150,14 +150,14 @@ class Worker:
             client = await conn.client()
             await check_permissions(client, self.app.handlers, self.name)
             await warn_if_streams_can_be_evicted(client)
-            for hook in self.app.startup_hooks:
-                await hook()
             if not await self._take_name(client):
                 return
             try:
                 await report_stopped_consumers(
                     client, self._identity.pairs if self._identity else [], me=self.name,
                     visibility_timeout=s.visibility_timeout, log=log)
+                for hook in self.app.startup_hooks:  # after the name: a hook may log it
+                    await hook()
                 self.acker = AckBuffer(client, max_batch=s.ack_batch, interval=s.ack_interval)
                 self.consumers = [
                     Consumer(spec, client, self.acker, s, self.name) for spec in self.app.handlers
@@ -189,11 +189,23 @@ class Worker:
         """
         identity = Identity(client, self.app.handlers, self.settings, ttl=self.lease_ttl,
                             log=log)
-        try:
-            name = await identity.acquire(self._stop)
-        except TRANSIENT as exc:
-            text = redact_url(str(exc)) or type(exc).__name__
-            raise ServerUnavailable(f"lost Redis while taking the consumer name: {text}") from None
+        delay = 0.0
+        while True:
+            try:
+                name = await identity.acquire(self._stop)
+                break
+            except TRANSIENT as exc:
+                # The server went away after the start-up checks passed: wait for it, as
+                # group creation does (the same token takes its own half-taken leases again).
+                if not delay:
+                    log.warning("consumer_name_take_failed",
+                                error=redact_url(str(exc)) or type(exc).__name__,
+                                hint="retrying with backoff")
+                delay = min(max(delay * 2, 0.1), 5.0)
+                with anyio.move_on_after(delay):
+                    await self._stop.wait()
+                if self._stop.is_set():
+                    return False
         if name is None:
             return False
         self._identity, self.name = identity, name

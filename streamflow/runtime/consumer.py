@@ -87,7 +87,7 @@ class Consumer:
         # A replay stream holds only what an operator replayed: always read from its start.
         starts = {s: spec.start_id for s in self.streams} | dict.fromkeys(replays, "0")
         self.groups = Groups(client, starts=starts, group=self.group, stop=self.stop_signal,
-                             log=self.log)
+                             log=self.log, optional=frozenset(replays))
         self.claims = Claims(
             client, spec, pool=self.pool, failures=self.failures, origin=origin,
             group=self.group, consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
@@ -103,7 +103,7 @@ class Consumer:
             max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
         )
         self.reclaimer = Reclaimer(
-            client, spec, pool=self.pool, claims=self.claims, keys=self.keys,
+            client, spec, pool=self.pool, claims=self.claims, groups=self.groups,
             group=self.group, consumer=self.name, interval=settings.reclaim_interval,
             visibility_timeout=settings.visibility_timeout, stop=self.stop_signal, **common,
         )
@@ -125,6 +125,7 @@ class Consumer:
                 outer.start_soon(self._leases)
                 outer.start_soon(watchdog, self.pool, self.spec.timeout)
                 outer.start_soon(self.maintenance.run, self.stop_signal)
+                outer.start_soon(self.groups.create_deferred)
                 async with self.pool.open():
                     with anyio.CancelScope() as intake_scope:
                         self._intake_scope = intake_scope

@@ -28,6 +28,7 @@ class Groups:
 
     def __init__(
         self, client: Any, *, starts: dict[str, str], group: str, stop: StopSignal, log: Any,
+        optional: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client  # shared redis.asyncio client
         self.starts = starts  # stream key -> where a new group starts there ("0", "$", an id)
@@ -35,18 +36,49 @@ class Groups:
         self.group = group
         self.stop = stop  # creation retries give up once set
         self.log = log
+        self.optional = optional  # keys that may wait (replay streams): see ensure()
+        self.deferred: set[str] = set()  # optional keys whose group could not be made yet
+        self.ready = self.streams  # keys the group exists on: what readers and claims use
+        self.version = 0  # bumped whenever `ready` changes (readers rebuild their command)
         self.last_seen: dict[str, bytes] = {}  # newest id read per stream (readers write it)
 
     async def ensure(self, start_ids: dict[str, bytes | str] | None = None) -> None:
-        """Create the group on every stream (MKSTREAM); an existing group is left as it is."""
+        """Create the group on every stream (MKSTREAM); an existing group is left as it is.
+
+        A server out of memory cannot create a stream that does not exist yet: an optional
+        key (a replay stream, empty until an operator replays) is then left for
+        :meth:`create_deferred`, so that a worker started while the server is full still
+        drains its streams, which needs no memory.
+        """
         for stream in self.streams:
             start = (start_ids or {}).get(stream, self.starts[stream])
             delay = 0.5
-            while not await self._create(stream, start, recreated=bool(start_ids)):
+            while (kind := await self._create(stream, start, recreated=bool(start_ids))):
+                if kind is Kind.OOM and stream in self.optional:
+                    self.deferred.add(stream)
+                    break
                 await self.stop.pause(delay)
                 if self.stop.is_set:
                     return
                 delay = min(delay * 2, 10.0)
+            else:
+                self.deferred.discard(stream)
+        self._update_ready()
+
+    async def create_deferred(self) -> None:
+        """Every second, try again to create the deferred groups, until none is left or stop."""
+        while self.deferred and not self.stop.is_set:
+            await self.stop.pause(1.0)
+            for stream in sorted(self.deferred):
+                if not await self._create(stream, self.starts[stream], recreated=False):
+                    self.deferred.discard(stream)
+            self._update_ready()
+
+    def _update_ready(self) -> None:
+        ready = tuple(k for k in self.streams if k not in self.deferred)
+        if ready != self.ready:
+            self.ready = ready
+            self.version += 1
 
     async def recreate(self) -> None:
         """After NOGROUP: create the group again after the last id this process read."""
@@ -61,8 +93,8 @@ class Groups:
         names = {dict(zip(g[::2], g[1::2], strict=True)).get(b"name") for g in groups or []}
         return self.group.encode() in names
 
-    async def _create(self, stream: str, start: bytes | str, *, recreated: bool) -> bool:
-        """One attempt; True when the group exists afterwards, False to try again later."""
+    async def _create(self, stream: str, start: bytes | str, *, recreated: bool) -> Kind | None:
+        """One attempt; None when the group exists afterwards, else why not (try again later)."""
         try:
             await self.client.execute_command(
                 "XGROUP", "CREATE", stream, self.group, start, "MKSTREAM"
@@ -71,17 +103,17 @@ class Groups:
             text = str(exc) or type(exc).__name__
             kind = classify(exc)
             if kind is Kind.BUSYGROUP:
-                return True
+                return None
             if kind is Kind.OOM:
                 if await self.exists(stream):
-                    return True
+                    return None
                 self.log.error("group_create_refused", stream=stream, error=text,
                                hint="the server is out of memory; retrying")
-                return False
+                return kind
             if kind is Kind.TRANSIENT:
                 self.log.warning("group_create_failed", stream=stream, error=text,
                                  hint="retrying with backoff")
-                return False
+                return kind
             if kind is Kind.WRONGTYPE:
                 raise ConfigError(
                     "stream name", f"key {stream!r} exists and is not a stream"
@@ -99,7 +131,7 @@ class Groups:
         else:
             self.log.info("group_created", stream=stream, start_id=start_text,
                           entries_to_read=to_read)
-        return True
+        return None
 
     async def _lag(self, stream: str) -> int | None:
         """Entries the group has yet to read (XINFO GROUPS lag; None if the server can't tell)."""

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from .. import scripts
 from ..config import Settings
@@ -187,14 +187,38 @@ class Identity:
         return None
 
     async def _take_one(self, key: str, name: str, replace: bytes) -> tuple[Holder | None, int]:
-        """NAME_TAKE on one hash: (None, server ms) when taken, else (the holder, server ms)."""
-        reply = await self.client.eval(
-            scripts.NAME_TAKE, 1, key, name, self.token, self._meta[key], self.ttl_ms, replace)
+        """NAME_TAKE on one hash: (None, server ms) when taken, else (the holder, server ms).
+
+        A server out of memory refuses the HSET (a worker started then must still be able to
+        drain the backlog: reading and acking need no memory). The lease is then only read:
+        a name someone else holds stays theirs; a free one is used without a stored lease,
+        logged, and stored by the first renewal once the server has room again.
+        """
+        try:
+            reply = await self.client.eval(
+                scripts.NAME_TAKE, 1, key, name, self.token, self._meta[key], self.ttl_ms,
+                replace)
+        except OutOfMemoryError as exc:
+            return await self._take_one_read_only(key, name, exc)
         now_ms = int(reply[1])
         if int(reply[0]) == 1:
             return None, now_ms
         # A value that is no lease at all counts as one that expired long ago.
         return parse_holder(reply[2]) or Holder(bytes(reply[2]), 0, "?", {}), now_ms
+
+    async def _take_one_read_only(
+        self, key: str, name: str, exc: BaseException
+    ) -> tuple[Holder | None, int]:
+        cur = await self.client.execute_command("HGET", key, name)
+        sec, usec = await self.client.execute_command("TIME")
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        holder = parse_holder(cur) if cur else None
+        if cur and (holder is None or holder.token != self.token):
+            return holder or Holder(bytes(cur), 0, "?", {}), now_ms
+        self.log.warning("consumer_lease_deferred", consumer=name, lease=key, error=str(exc),
+                         hint="the server is out of memory: running under this free name "
+                              "without a stored lease until the server has room again")
+        return None, now_ms
 
     def _won(self, name: str) -> str:
         self.name = name

@@ -59,9 +59,13 @@ class Maintenance:
     async def maintain(self) -> None:
         """One pass: prune consumers, then trim, on every stream key."""
         for stream in self.keys:
-            await self.prune_consumers(stream)
-            if self.spec.retention is not None:
-                await self.trim(stream)
+            try:
+                await self.prune_consumers(stream)
+                if self.spec.retention is not None:
+                    await self.trim(stream)
+            except (RedisError, OSError) as exc:
+                if classify(exc) is not Kind.NOGROUP:  # a replay stream not created yet
+                    raise
 
     async def prune_consumers(self, stream: str) -> list[str]:
         """Delete consumers idle > ``dead_consumer_after`` that hold no pending entries."""

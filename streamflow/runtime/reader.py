@@ -55,10 +55,9 @@ class Reader:
     async def run(self) -> None:
         """Read batches until the stop signal is set (or cancelled)."""
         pool = self.pool
-        streams = self.groups.streams
-        read_args: list[Any] = ["XREADGROUP", "GROUP", self.groups.group, self.consumer,
-                                "COUNT", 0, "BLOCK", self.block_ms, "STREAMS", *streams,
-                                *([">"] * len(streams))]
+        groups = self.groups
+        version = groups.version
+        read_args = self._command(groups.ready)
         batch = self.batch
         want = batch
         reader = RawPipe(self.client)
@@ -70,6 +69,9 @@ class Reader:
                 count = await pool.reserve(want, max(1, want // 2))
                 if not count:
                     return
+                if groups.version != version:  # a deferred group was created meanwhile
+                    version = groups.version
+                    read_args = self._command(groups.ready)
                 try:
                     read_args[5] = count
                     try:
@@ -104,6 +106,11 @@ class Reader:
         finally:
             await reader.aclose()
             self.log.debug("read_loop_stopped", reads=self.counters.reads)
+
+    def _command(self, keys: tuple[str, ...]) -> list[Any]:
+        """The XREADGROUP command over ``keys`` (its COUNT, index 5, is set per read)."""
+        return ["XREADGROUP", "GROUP", self.groups.group, self.consumer, "COUNT", 0,
+                "BLOCK", self.block_ms, "STREAMS", *keys, *([">"] * len(keys))]
 
     def _submit_reply(self, reply: Any) -> int:
         """Queue the entries of an XREADGROUP reply; return how many there were."""

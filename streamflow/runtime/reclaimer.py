@@ -29,6 +29,7 @@ from ..redis_errors import Kind, classify
 from ..spec import HandlerSpec
 from ..stats import Counters
 from .claims import Claims
+from .groups import Groups
 from .slots import SlotPool
 from .stop import StopSignal
 
@@ -44,13 +45,13 @@ class Reclaimer:
 
     def __init__(
         self, client: Any, spec: HandlerSpec, *, pool: SlotPool, claims: Claims,
-        keys: tuple[str, ...], group: str, consumer: str, interval: float,
+        groups: Groups, group: str, consumer: str, interval: float,
         visibility_timeout: float,
         counters: Counters, stop: StopSignal, log: Any,
     ) -> None:
         self.client = client  # shared redis.asyncio client
         self.spec = spec  # retry policy
-        self.keys = keys  # every stream key the group reads (streams and replay streams)
+        self.groups = groups  # .ready: the stream keys the group exists on (streams, replays)
         self.pool = pool  # running entries are skipped; crash suspects are tracked here
         self.claims = claims  # takes due entries over and hands them to the pool
         self.group = group
@@ -87,7 +88,7 @@ class Reclaimer:
     async def reclaim_once(self) -> int:
         """One pass over every stream; returns how many entries were claimed."""
         total = 0
-        for stream in self.keys:
+        for stream in self.groups.ready:
             total += await self._scan(stream, retries=True)
             total += await self._scan(stream, retries=False)
         return total

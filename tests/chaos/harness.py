@@ -228,8 +228,12 @@ class Workers:
         full_env.update(env or {})
         cmd = [sys.executable, "-m", "streamflow", "run", f"tests.chaos.apps:{app}",
                "--redis-url", url, "--visibility-timeout", str(vis)]
-        if name:
-            cmd += ["--consumer-name", name]
+        # Each process gets a name of its own unless a test gives one: these tests are about
+        # what other workers do with a dead consumer's entries. (A worker restarted under
+        # the default <host>-<slot> name takes its own entries back at once: tests/test_identity.py
+        # and the same-name tests here.)
+        name = name or f"chaos-{label}-{self._n}"
+        cmd += ["--consumer-name", name]
         cmd += list(args)
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out,
