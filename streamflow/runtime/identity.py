@@ -112,6 +112,19 @@ class Identity:
 
         Returns None when ``stopping`` is set while waiting for a fixed name.
         """
+        # This holder is alive from its first write on: another worker of this process
+        # that meets one of its half-taken leases must not judge it dead and replace it.
+        live_tokens().add(self.token)
+        try:
+            name = await self._acquire(stopping)
+        except BaseException:
+            live_tokens().discard(self.token)
+            raise
+        if name is None:
+            live_tokens().discard(self.token)
+        return name
+
+    async def _acquire(self, stopping: anyio.Event) -> str | None:
         fixed = fixed_name(self.settings, self.host)
         if fixed is not None:
             ok = await self._take_fixed(fixed, stopping)
