@@ -86,12 +86,19 @@ class Groups:
 
     async def exists(self, stream: str) -> bool:
         """True if the group exists on ``stream``."""
+        return await self._info(stream) is not None
+
+    async def _info(self, stream: str) -> dict[bytes, Any] | None:
+        """The group's row of XINFO GROUPS on ``stream``; None if absent or unreadable."""
         try:
             groups = await self.client.execute_command("XINFO", "GROUPS", stream)
-        except RedisError:
-            return False
-        names = {dict(zip(g[::2], g[1::2], strict=True)).get(b"name") for g in groups or []}
-        return self.group.encode() in names
+        except (RedisError, OSError):
+            return None
+        for row in groups or []:
+            info = dict(zip(row[::2], row[1::2], strict=True))
+            if info.get(b"name") == self.group.encode():
+                return info
+        return None
 
     async def _create(self, stream: str, start: bytes | str, *, recreated: bool) -> Kind | None:
         """One attempt; None when the group exists afterwards, else why not (try again later)."""
@@ -135,13 +142,6 @@ class Groups:
 
     async def _lag(self, stream: str) -> int | None:
         """Entries the group has yet to read (XINFO GROUPS lag; None if the server can't tell)."""
-        try:
-            groups = await self.client.execute_command("XINFO", "GROUPS", stream)
-        except (RedisError, OSError):
-            return None
-        for row in groups or []:
-            info = dict(zip(row[::2], row[1::2], strict=True))
-            if info.get(b"name") == self.group.encode():
-                lag = info.get(b"lag")
-                return int(lag) if lag is not None else None
-        return None
+        info = await self._info(stream)
+        lag = info.get(b"lag") if info is not None else None
+        return int(lag) if lag is not None else None
