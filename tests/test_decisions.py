@@ -20,11 +20,14 @@ RETRY = Retry(max_attempts=3, backoff=0.5)
 
 
 def test_attempts_left_means_retry_with_the_policys_backoff() -> None:
-    """A failure with attempts left is retried after the policy's base delay for that attempt."""
-    d = decide(ValueError("boom"), 1, RETRY, 180.0)
+    """A failure with attempts left is retried after the policy's delay for that attempt, with the
+    jitter the reclaimer derives from the entry id."""
+    d = decide(ValueError("boom"), 1, RETRY, 180.0, b"1-0")
     assert (d.action, d.error_type, d.error) == (Action.RETRY, "ValueError", "boom")
-    assert d.retry_in == RETRY.base_delay(1)
-    assert decide(ValueError("boom"), 2, RETRY, 180.0).retry_in == RETRY.base_delay(2)
+    assert d.retry_in == RETRY.delay(1, b"1-0")
+    assert decide(ValueError("boom"), 2, RETRY, 180.0, b"1-0").retry_in == RETRY.delay(2, b"1-0")
+    assert decide(ValueError("boom"), 1, Retry(max_attempts=3, backoff=0.5, jitter=0), None
+                  ).retry_in == RETRY.base_delay(1)
 
 
 def test_last_attempt_means_dead_letter() -> None:

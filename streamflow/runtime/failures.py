@@ -52,11 +52,16 @@ class Decision:
     action: Action
     error_type: str  # the exception's class name ("HandlerTimeout" for timeouts)
     error: str  # one line saying what went wrong
-    retry_in: float = 0.0  # seconds of backoff before the retry (RETRY only)
+    retry_in: float = 0.0  # seconds of backoff before the retry (RETRY only), jitter included
 
 
-def decide(exc: BaseException, attempt: int, retry: Retry, timeout: float | None) -> Decision:
-    """What to do with an entry on its ``attempt``-th delivery whose handler raised ``exc``."""
+def decide(
+    exc: BaseException, attempt: int, retry: Retry, timeout: float | None, key: bytes | None = None
+) -> Decision:
+    """What to do with an entry on its ``attempt``-th delivery whose handler raised ``exc``.
+
+    ``key`` (the entry id) makes the retry's jitter the one the reclaimer computes for it.
+    """
     if isinstance(exc, HandlerTimeout):
         error = f"handler timed out after {timeout:g}s" if timeout is not None else "timed out"
         error_type = "HandlerTimeout"
@@ -67,7 +72,7 @@ def decide(exc: BaseException, attempt: int, retry: Retry, timeout: float | None
         return Decision(Action.REJECT, error_type, error)
     if attempt >= retry.max_attempts:
         return Decision(Action.DEAD_LETTER, error_type, error)
-    return Decision(Action.RETRY, error_type, error, retry.base_delay(attempt))
+    return Decision(Action.RETRY, error_type, error, retry.delay(attempt, key))
 
 
 class Failures:
@@ -88,7 +93,7 @@ class Failures:
     async def handle(self, msg: Message, exc: BaseException) -> None:
         """The slot pool's failure hook: count, log, and retry or dead-letter ``msg``."""
         self.counters.failed += 1
-        d = decide(exc, msg.attempt, self.spec.retry, self.spec.timeout)
+        d = decide(exc, msg.attempt, self.spec.retry, self.spec.timeout, msg.raw_id)
         fields = {"stream": msg.stream, "message_id": msg.id, "attempt": msg.attempt,
                   "error_type": d.error_type, "error": d.error}
         try:
@@ -101,9 +106,9 @@ class Failures:
             else:
                 # When the retry runs: the reclaimer claims it once its backoff (with this
                 # entry's jitter, as the reclaimer computes it) elapsed, at its next pass.
-                delay = self.spec.retry.delay(msg.attempt, msg.raw_id)
-                self.log.warning("handler_failed", **fields, retry_in=round(delay, 3),
-                                 retry_by=round(delay + self.reclaim_interval, 3), exc_info=exc)
+                self.log.warning("handler_failed", **fields, retry_in=round(d.retry_in, 3),
+                                 retry_by=round(d.retry_in + self.reclaim_interval, 3),
+                                 exc_info=exc)
                 await self.park(msg)
         except (RedisError, OSError) as err:
             # The entry stays pending under this consumer: it is retried after the
