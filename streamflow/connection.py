@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import ConfigError, ServerUnavailable
 from .tlsprobe import client_certificate_hint, is_refused, is_tls_error, server_alert, speaks_tls, tls_hint
 
-__all__ = ["TLS_OPTIONS", "Connection", "check_url", "redact_url"]
+__all__ = ["TLS_OPTIONS", "Connection", "check_url", "redact_url", "server_time_ms"]
 
 # ``scheme://user:password@`` (user may be empty). The password runs to the last ``@``
 # before the path or whitespace, so a password holding a raw ``@`` is hidden whole.
@@ -177,6 +177,12 @@ def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
         check_hostname=_parse_bool("ssl_check_hostname", query.pop("ssl_check_hostname", "true")),
     )
     return parts, query, tls
+
+
+async def server_time_ms(client: Any) -> int:
+    """The server's clock (TIME) in milliseconds: what entry ids and idle times count in."""
+    sec, usec = await client.execute_command("TIME")
+    return int(sec) * 1000 + int(usec) // 1000
 
 
 class Connection:

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
-from ..connection import Connection, redact_url
+from ..connection import Connection, redact_url, server_time_ms
 from ..errors import AdminError, UnknownStream
 from ..keys import (
     DLQ_SUFFIX,
@@ -69,11 +69,6 @@ def _dlq_of(key: bytes) -> bytes:
     """The default dead-letter stream of stream key ``key`` (any bytes, kept exactly)."""
     name = key.decode("utf-8", "surrogateescape")
     return dead_letter_stream(name).encode("utf-8", "surrogateescape")
-
-
-async def _server_ms(client: Any) -> int:
-    sec, usec = await client.execute_command("TIME")
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def _server_version(client: Any) -> str:
@@ -313,7 +308,7 @@ async def collect_info(client: Any, streams: Sequence[str]) -> InfoReport:
     :attr:`InfoReport.hidden`; a user who may not list keys gets an AdminError saying to
     name the streams.
     """
-    now_ms = await _server_ms(client)
+    now_ms = await server_time_ms(client)
     keys = [s.encode() for s in streams] if streams else await _list_streams(client)
     out = InfoReport([])
     for key in keys:

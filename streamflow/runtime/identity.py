@@ -50,6 +50,7 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from .. import scripts
 from ..config import Settings
+from ..connection import server_time_ms
 from ..errors import ConsumerNameInUse
 from ..keys import consumer_leases_key, host_label, slot_consumer_name, slot_of
 from ..name_lease import Holder, encode_meta, judge, live_tokens, parse_holder
@@ -223,8 +224,7 @@ class Identity:
         self, key: str, name: str, exc: BaseException
     ) -> tuple[Holder | None, int]:
         cur = await self.client.execute_command("HGET", key, name)
-        sec, usec = await self.client.execute_command("TIME")
-        now_ms = int(sec) * 1000 + int(usec) // 1000
+        now_ms = await server_time_ms(self.client)
         holder = parse_holder(cur) if cur else None
         if cur and (holder is None or holder.token != self.token):
             return holder or Holder(bytes(cur), 0, "?", {}), now_ms

@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..connection import server_time_ms
 from ..keys import RETRY_CONSUMER
 from ..name_lease import judge, read_holders
 from .identity import pending_by_consumer
@@ -68,8 +69,7 @@ async def _stopped(
     candidates = {c: n for c, n in pending.items() if n and c not in (me, RETRY_CONSUMER)}
     if not candidates:
         return None
-    sec, usec = await client.execute_command("TIME")
-    now_ms = int(sec) * 1000 + int(usec) // 1000
+    now_ms = await server_time_ms(client)
     holders = await read_holders(client, stream, group)
     live = {name for name, h in holders.items() if h.expires_ms > now_ms and judge(h) != "dead"}
     stopped = sorted(c for c in candidates if c not in live)
