@@ -217,17 +217,15 @@ class Identity:
         now_ms = int(reply[1])
         if int(reply[0]) == 1:
             return None, now_ms
-        # A value that is no lease at all counts as one that expired long ago.
-        return parse_holder(reply[2]) or Holder(bytes(reply[2]), 0, "?", {}), now_ms
+        return _holder_of(reply[2]), now_ms
 
     async def _take_one_read_only(
         self, key: str, name: str, exc: BaseException
     ) -> tuple[Holder | None, int]:
         cur = await self.client.execute_command("HGET", key, name)
         now_ms = await server_time_ms(self.client)
-        holder = parse_holder(cur) if cur else None
-        if cur and (holder is None or holder.token != self.token):
-            return holder or Holder(bytes(cur), 0, "?", {}), now_ms
+        if cur and (holder := _holder_of(cur)).token != self.token:
+            return holder, now_ms
         self.log.warning("consumer_lease_deferred", consumer=name, lease=key, error=str(exc),
                          hint="the server is out of memory: running under this free name "
                               "without a stored lease until the server has room again")
@@ -292,7 +290,7 @@ class Identity:
         states = [int(r[0]) for r in replies]
         for r in replies:
             if int(r[0]) == 0:
-                return states, parse_holder(r[2]) or Holder(bytes(r[2]), 0, "?", {})
+                return states, _holder_of(r[2])
         return states, None
 
     # -- giving back ----------------------------------------------------------------------
@@ -318,6 +316,12 @@ class Identity:
         for key in keys:
             pipe.eval(scripts.NAME_RELEASE, 1, key, name, self.token)
         await pipe.execute()
+
+
+def _holder_of(value: Any) -> Holder:
+    """The holder a stored lease value names; a value that is no lease at all counts as one
+    that expired long ago (its token matches nobody's)."""
+    return parse_holder(value) or Holder(bytes(value), 0, "?", {})
 
 
 def fixed_name(settings: Settings, host: str) -> str | None:
