@@ -7,6 +7,7 @@
         ├── renew_leases       every visibility_timeout/4: long runners keep their entries
         ├── watchdog           every min(1 s, timeout/10): cancel handlers past timeout
         ├── Maintenance.run    prune idle consumers, retention trimming
+        ├── Groups.create_deferred   replay-stream groups the server had no memory for
         └── SlotPool.open      handler slots, spawned on demand up to `concurrency`
             └── cancel scope "intake"
                 └── task group
@@ -131,7 +132,7 @@ class Consumer:
                         self._intake_scope = intake_scope
                         if not self.stop_signal.is_set:
                             async with anyio.create_task_group() as intake:
-                                await self.claims.drain_own_pending(self.keys)
+                                await self.claims.drain_own_pending(self.groups.ready)
                                 for _ in range(self.settings.readers):
                                     intake.start_soon(self.reader.run)
                                 intake.start_soon(self.reclaimer.run)

@@ -66,8 +66,12 @@ class Groups:
         self._update_ready()
 
     async def create_deferred(self) -> None:
-        """Every second, try again to create the deferred groups, until none is left or stop."""
-        while self.deferred and not self.stop.is_set:
+        """Every second, try again to create the deferred groups, until stop.
+
+        It keeps running when none is deferred: a recreation after NOGROUP while the
+        server is out of memory may defer a group later on.
+        """
+        while not self.stop.is_set:
             await self.stop.pause(1.0)
             for stream in sorted(self.deferred):
                 if not await self._create(stream, self.starts[stream], recreated=False):
