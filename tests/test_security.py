@@ -523,19 +523,25 @@ async def test_tls_with_the_wrong_ca_fails_at_startup(tls: TlsServers) -> None:
     assert "\n" not in message
 
 
+async def _check_refused(url: str, *, within: float, **timeouts: float) -> str:
+    """The one-line ServerUnavailable message ``Connection(url).check()`` fails with."""
+    conn = Connection(url, **timeouts)
+    try:
+        with anyio.fail_after(within), pytest.raises(ServerUnavailable) as info:
+            await conn.check()
+    finally:
+        await conn.aclose()
+    return str(info.value)
+
+
 @pytest.mark.anyio
 async def test_tls_hostname_mismatch_fails_when_checking_is_on(tls: TlsServers) -> None:
     """A server certificate for another host is refused by default, and accepted only with
     ssl_check_hostname=false."""
     ca = str(tls.certs / "ca.crt")
-    conn = Connection(tls.url(tls.wrong_host_port, ssl_ca_certs=ca))
-    try:
-        with anyio.fail_after(20), pytest.raises(ServerUnavailable) as info:
-            await conn.check()
-    finally:
-        await conn.aclose()
-    assert "TLS handshake" in str(info.value)
-    assert "hostname" in str(info.value).lower() or "ip address mismatch" in str(info.value).lower()
+    message = await _check_refused(tls.url(tls.wrong_host_port, ssl_ca_certs=ca), within=20)
+    assert "TLS handshake" in message
+    assert "hostname" in message.lower() or "ip address mismatch" in message.lower()
     unchecked = Connection(tls.url(tls.wrong_host_port, ssl_ca_certs=ca, ssl_check_hostname="false"))
     try:
         with anyio.fail_after(20):
@@ -548,13 +554,8 @@ async def test_tls_hostname_mismatch_fails_when_checking_is_on(tls: TlsServers) 
 async def test_plain_redis_url_to_a_tls_port_hints_at_rediss(tls: TlsServers) -> None:
     """A redis:// URL aimed at a TLS port fails with a message saying the server speaks TLS and to use
     rediss://, not only "Connection reset by peer"."""
-    conn = Connection(f"redis://127.0.0.1:{tls.good_port}/0", connect_timeout=5, socket_timeout=5)
-    try:
-        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
-            await conn.check()
-    finally:
-        await conn.aclose()
-    message = str(info.value)
+    message = await _check_refused(f"redis://127.0.0.1:{tls.good_port}/0", within=30,
+                                   connect_timeout=5, socket_timeout=5)
     assert f"127.0.0.1:{tls.good_port} speaks TLS" in message and "use a rediss:// URL" in message, message
     assert "\n" not in message
 
@@ -576,14 +577,8 @@ async def test_missing_client_certificate_hints_at_ssl_certfile(
     """Without a client certificate, a server with tls-auth-clients yes is refused with a hint at
     ssl_certfile/ssl_keyfile (not at ssl_ca_certs); with them the same URL connects."""
     ca = str(tls.certs / "ca.crt")
-    conn = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=ca), connect_timeout=5,
-                      socket_timeout=5)
-    try:
-        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
-            await conn.check()
-    finally:
-        await conn.aclose()
-    message = str(info.value)
+    message = await _check_refused(tls.url(tls_client_certs_required, ssl_ca_certs=ca), within=30,
+                                   connect_timeout=5, socket_timeout=5)
     assert "requires a client certificate" in message, message
     assert "ssl_certfile" in message and "ssl_keyfile" in message, message
     assert "check ssl_ca_certs" not in message, message
@@ -606,15 +601,9 @@ async def test_client_certificate_of_an_unknown_ca_is_named_as_refused(
     c = tls.certs
     if not (c / "stranger.crt").exists():
         _make_leaf(c, "stranger", "other-ca", "DNS:stranger")
-    conn = Connection(tls.url(tls_client_certs_required, ssl_ca_certs=str(c / "ca.crt"),
-                              ssl_certfile=str(c / "stranger.crt"), ssl_keyfile=str(c / "stranger.key")),
-                      connect_timeout=5, socket_timeout=5)
-    try:
-        with anyio.fail_after(30), pytest.raises(ServerUnavailable) as info:
-            await conn.check()
-    finally:
-        await conn.aclose()
-    message = str(info.value)
+    url = tls.url(tls_client_certs_required, ssl_ca_certs=str(c / "ca.crt"),
+                  ssl_certfile=str(c / "stranger.crt"), ssl_keyfile=str(c / "stranger.key"))
+    message = await _check_refused(url, within=30, connect_timeout=5, socket_timeout=5)
     assert "the server refused the client certificate in ssl_certfile" in message, message
     assert "check ssl_ca_certs" not in message, message
 
