@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,8 @@ import redis
 import structlog
 
 from streamflow.context import current_message
-from streamflow.logging import RedactingFilter, configure_logging
+from streamflow.logging import configure_logging
 from streamflow.message import Message
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Undo configure_logging: structlog defaults, root handlers, level and filters."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        structlog.reset_defaults()
-        for handler in root.handlers:
-            for f in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
-                handler.removeFilter(f)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from streamflow.connection import Connection, redact_url
 from streamflow.deadletter import parse_record
 from streamflow.embedded import ServerProcess, find_server_binary, free_port, system_redis_binary
 from streamflow.errors import ServerUnavailable
-from streamflow.logging import RedactingFilter, configure_logging
+from streamflow.logging import configure_logging
 from streamflow.permissions import (
     ADMIN_COMMANDS,
     LEASE_COMMANDS,
@@ -665,21 +665,6 @@ def test_settings_repr_hides_the_password() -> None:
     """repr() of Settings shows the URL with the password replaced."""
     assert SECRET not in repr(Settings(redis_url=f"redis://:{SECRET}@h:1/0"))
 
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Undo configure_logging: structlog defaults, root handlers, levels and filters."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        structlog.reset_defaults()
-        for handler in root.handlers:
-            for f in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
-                handler.removeFilter(f)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
