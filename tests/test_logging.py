@@ -146,7 +146,7 @@ def _run_app(url: str, tmp_path: Path, entries: int, *options: str) -> tuple[lis
 
 def test_handler_log_lines_carry_message_context(redis_url: str, tmp_path: Path) -> None:
     """A handler's structlog and stdlib log lines under `streamflow run` carry the stream, group, id and
-    attempt of the message it runs (needs the slots to set current_message)."""
+    attempt of the message it runs (the slot binds its state to current_message)."""
     ids, stderr = _run_app(redis_url, tmp_path, 3)
     lines = _json_lines(stderr)
     for event in ("structlog_in_handler", "stdlib_in_handler"):

@@ -11,8 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -21,6 +20,7 @@ import redis
 
 from streamflow import App
 from streamflow.embedded import ServerProcess, find_server_binary
+from streamflow.testing import wait_until_blocking
 
 APP = """\
 from streamflow import App, Message
@@ -56,15 +56,16 @@ def tcp(unix_server: ServerProcess) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _wait(cond: object, what: str, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+def _wait(cond: Callable[[], object], what: str, proc: subprocess.Popen[str],
+          timeout: float = 20) -> None:
+    """Wait until ``cond()``; fail at once, with the worker's output, if the worker exits."""
+    def alive_and() -> object:
         if proc.poll() is not None:
             pytest.fail(f"worker exited ({proc.returncode}) while waiting for {what}:\n"
                         f"{proc.communicate()[1]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        return cond()
+
+    wait_until_blocking(alive_and, timeout=timeout, what=what)
 
 
 def _group_exists(tcp: redis.Redis) -> bool:
