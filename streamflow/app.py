@@ -13,6 +13,17 @@ from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
+from .jobs.cron import CronSchedule, Every
+from .jobs.job import Job
+from .jobs.registry import (
+    DEFAULT_FAILURE_TTL,
+    DEFAULT_QUEUE,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_TASK_TIMEOUT,
+    Jobs,
+    QueueOptions,
+)
+from .jobs.task import Task
 from .policies import Retention, Retry
 from .rawpipe import RawPipe
 from .spec import (
@@ -21,6 +32,7 @@ from .spec import (
     Handler,
     HandlerSpec,
     Hook,
+    Service,
     check_handler_options,
 )
 
@@ -95,12 +107,15 @@ class App:
     ) -> None:
         self.name = name  # shown in logs
         self.redis_url = redis_url  # explicit URL, or None to use the environment
-        self.handlers: list[HandlerSpec] = []  # in registration order
+        self._handlers: list[HandlerSpec] = []  # @app.handler registrations, in order
         self.startup_hooks: list[Hook] = []  # awaited before consumers start
         self.shutdown_hooks: list[Hook] = []  # awaited after consumers stopped
         self._max_payload_bytes = max_payload_bytes  # None: from settings, on first publish
         self._connection: Connection | None = None  # where publishing goes now
         self._own_connection: Connection | None = None  # opened by the app itself, lazily
+        # queues, tasks and schedules (@app.task, app.queue, @app.cron, @app.periodic)
+        self.jobs = Jobs(connection=lambda: self.connection, settings=self.settings,
+                         max_payload_bytes=lambda: self.max_payload_bytes)
 
     # -- registration -------------------------------------------------------------------
 
@@ -140,14 +155,14 @@ class App:
             name = handler_name(func)
             group_name = group if group is not None else default_group(func)
             validate_name("group", group_name)
-            for spec in self.handlers:
+            for spec in self._handlers:
                 if spec.group == group_name and set(spec.streams) & set(streams):
                     raise ConfigError(
                         "group",
                         f"{group_name!r} on {sorted(set(spec.streams) & set(streams))} is "
                         f"already used by {spec.name}; give each handler its own group",
                     )
-            self.handlers.append(
+            self._handlers.append(
                 HandlerSpec(
                     func=func,
                     name=name,
@@ -164,6 +179,90 @@ class App:
             return registered
 
         return decorate
+
+    @property
+    def handlers(self) -> list[HandlerSpec]:
+        """Every handler a worker runs: ``@app.handler`` s, then one per job queue."""
+        return [*self._handlers, *self.jobs.specs()]
+
+    @property
+    def services(self) -> list[Service]:
+        """Background tasks a worker runs beside the handlers (the job service)."""
+        return self.jobs.services()
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def task(
+        self, func: Callable[..., Any] | None = None, *, queue: str = DEFAULT_QUEUE,
+        name: str | None = None, timeout: float | None = DEFAULT_TASK_TIMEOUT,
+        retry: Retry | None = None, result_ttl: int = DEFAULT_RESULT_TTL,
+        failure_ttl: int = DEFAULT_FAILURE_TTL, threads: int | None = None,
+    ) -> Any:
+        """Register a function as a task, run by workers: ``@app.task`` or ``@app.task(...)``.
+
+        ``async def`` functions run on the worker's event loop; plain functions in a
+        bounded pool of threads (``threads=`` for a pool of the task's own, else its
+        queue's). ``timeout`` (seconds, None for none) applies to both; ``retry`` sets
+        attempts and backoff (default ``Retry()``: 5 attempts); ``result_ttl`` is how
+        long a succeeded job's state and result are kept (default an hour),
+        ``failure_ttl`` a failed or cancelled one's (default a week). ``name`` (default
+        the function's ``__name__``) is how entries name the task. Returns a
+        :class:`~streamflow.jobs.Task`: ``await f.enqueue(...)``, ``f.enqueue_sync(...)``.
+        """
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self.jobs.task(f, queue=queue, name=name, timeout=timeout, retry=retry,
+                                  result_ttl=result_ttl, failure_ttl=failure_ttl,
+                                  threads=threads)
+
+        return decorate(func) if func is not None else decorate
+
+    def queue(
+        self, name: str, *, stream: str | None = None, concurrency: int | None = None,
+        threads: int | None = None, task_field: str | None = None, retry: Retry | None = None,
+    ) -> QueueOptions:
+        """Declare how queue ``name`` is consumed (call it before registering its tasks).
+
+        ``stream`` (default ``streamflow:queue:{name}``) is the stream jobs go to;
+        ``concurrency`` (default 100) bounds its jobs in flight per worker; ``threads``
+        (default ``min(32, cores + 4)``) the threads its sync tasks share. With
+        ``task_field``, entries written by other producers in the style ``XADD tasks *
+        task_type calculate_square number 4`` are jobs too: that field names the task and
+        the other fields are its keyword arguments.
+        """
+        return self.jobs.queue(name, stream=stream, concurrency=concurrency,
+                               threads=threads, task_field=task_field, retry=retry)
+
+    def cron(self, expression: str, *, tz: Any = None, **task_options: Any) -> Any:
+        """Register a function (no arguments) run at each tick of a cron ``expression``.
+
+        Exactly one run per tick whatever the number of workers; see
+        :mod:`streamflow.jobs.service` for restarts and missed ticks. ``task_options``
+        are those of :meth:`task`.
+        """
+        schedule = CronSchedule.parse(expression, tz)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            t: Task[Any, Any] = self.task(f, **task_options)
+            self.jobs.add_periodic(t, schedule)
+            return t
+
+        return decorate
+
+    def periodic(self, *, every: Any, **task_options: Any) -> Any:
+        """Register a function (no arguments) run every ``every`` (seconds or a timedelta),
+        on ticks aligned to the Unix epoch; like :meth:`cron` otherwise."""
+        schedule = every if isinstance(every, Every) else Every(every)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            t: Task[Any, Any] = self.task(f, **task_options)
+            self.jobs.add_periodic(t, schedule)
+            return t
+
+        return decorate
+
+    def job(self, job_id: str, queue: str = DEFAULT_QUEUE) -> Job:
+        """A handle on job ``job_id`` of ``queue`` (to read its status, result, cancel it)."""
+        return self.jobs.job(job_id, queue)
 
     def on_startup(self, func: Hook) -> Hook:
         """Register a coroutine function awaited when a worker starts, before any handler runs."""
@@ -229,6 +328,7 @@ class App:
         A connection bound by a worker is the worker's to close. The app can publish
         again afterwards: a new connection is opened on first use.
         """
+        self.jobs.bridge.close()
         own, self._own_connection = self._own_connection, None
         if self._connection is own:
             self._connection = None

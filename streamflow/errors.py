@@ -14,7 +14,14 @@
     ├── PayloadError             a message payload cannot be decoded or is too large
     │   └── PayloadTooLarge      a payload exceeds ``max_payload_bytes``
     ├── HandlerTimeout           a handler ran longer than its ``timeout`` (a failed attempt)
-    └── Reject                   raised by a handler: dead-letter this message now, no retry
+    ├── Reject                   raised by a handler: dead-letter this message now, no retry
+    │   └── BadJob               a job entry names no known task or carries bad arguments
+    ├── EnqueueError             a job cannot be enqueued (arguments, encoding, dependencies)
+    └── JobError                 what waiting on a job can raise
+        ├── JobFailed            the job failed for good (type, message, traceback summary)
+        ├── JobCancelled         the job was cancelled (or a dependency failed)
+        ├── JobNotFound          no state is kept for this job id (never enqueued, or expired)
+        └── ResultTimeout        no result came within the timeout
 
 Errors of redis-py are not wrapped on the hot path; they are classified by
 :mod:`streamflow.redis_errors` (by type where redis-py gives one) and translated into
@@ -28,13 +35,20 @@ from collections.abc import Sequence
 __all__ = [
     "AdminError",
     "AppLoadError",
+    "BadJob",
     "ConfigError",
     "ConsumerNameInUse",
+    "EnqueueError",
     "HandlerTimeout",
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "JobNotFound",
     "PayloadError",
     "PayloadTooLarge",
     "PermissionDenied",
     "Reject",
+    "ResultTimeout",
     "ServerBinaryNotFound",
     "ServerUnavailable",
     "StreamflowError",
@@ -119,3 +133,56 @@ class HandlerTimeout(StreamflowError):
 
 class Reject(StreamflowError):
     """Raise from a handler to dead-letter the current message at once, without retries."""
+
+
+class BadJob(Reject):
+    """A job entry names no task this worker knows, or its arguments do not fit the task."""
+
+
+class EnqueueError(StreamflowError, ValueError):
+    """A job cannot be enqueued: arguments do not fit the function, a value JSON cannot
+    carry, or a dependency that does not exist. Raised in the caller, before anything is
+    written."""
+
+
+class JobError(StreamflowError):
+    """Base of what waiting on a job can raise; ``job_id`` names the job."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """The job failed for good: ``error_type``, ``error`` and a ``traceback`` summary."""
+
+    def __init__(self, job_id: str, error_type: str, error: str, traceback: str = "") -> None:
+        super().__init__(job_id, f"job {job_id} failed: {error_type}: {error}")
+        self.error_type = error_type  # the exception's class name, e.g. "ValueError"
+        self.error = error  # its message
+        self.traceback = traceback  # the formatted traceback (last frames), may be ""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled, or a job it depends on failed or was cancelled (``reason``)."""
+
+    def __init__(self, job_id: str, reason: str = "") -> None:
+        super().__init__(job_id, f"job {job_id} was cancelled" + (f": {reason}" if reason else ""))
+        self.reason = reason
+
+
+class JobNotFound(JobError):
+    """No state is kept for this job id: never enqueued here, or its state expired."""
+
+    def __init__(self, job_id: str, where: str = "") -> None:
+        super().__init__(job_id, f"no job {job_id!r}" + (f" in {where}" if where else "")
+                         + " (never enqueued, or its state expired)")
+
+
+class ResultTimeout(JobError, TimeoutError):
+    """``Job.result(timeout=...)`` gave up: the job had not finished in time."""
+
+    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+        super().__init__(job_id, f"job {job_id} did not finish within {timeout:g}s "
+                                 f"(status: {status})")
+        self.status = status  # the job's status when the wait gave up

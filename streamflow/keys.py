@@ -10,18 +10,28 @@ import re
 import socket
 
 __all__ = [
+    "CANCEL_CHANNEL",
     "CONSUMER_LEASES_PREFIX",
     "DLQ_SUFFIX",
+    "JOBS_GROUP",
+    "QUEUES_KEY",
     "RETRY_CONSUMER",
     "REPLAY_INFIX",
     "consumer_leases_key",
     "dead_letter_stream",
+    "hash_tag",
     "host_label",
     "id_ms",
     "id_successor",
+    "job_dependents_key",
+    "job_done_key",
+    "job_key",
+    "job_key_prefix",
+    "queue_stream",
     "parse_id",
     "replay_stream",
     "replayed_from",
+    "scheduled_key",
     "slot_consumer_name",
     "slot_of",
 ]
@@ -115,3 +125,60 @@ def id_successor(raw: bytes | str) -> str:
 def id_ms(raw: bytes | str) -> int:
     """The millisecond timestamp part of an entry id."""
     return parse_id(raw)[0]
+
+
+# -- jobs -------------------------------------------------------------------------------
+#
+# A queue is a stream; every key a job script touches with it carries the stream's hash
+# tag (the part between the first ``{`` and ``}``, or the whole name when it has none),
+# so that on a Redis Cluster each script stays within the stream's slot.
+
+#: The consumer group every worker of a queue reads the queue's stream with.
+JOBS_GROUP = "streamflow:jobs"
+
+#: Hash of the queues producers and workers declared: queue name -> stream.
+QUEUES_KEY = "streamflow:queues"
+
+#: Pub/sub channel on which ``Job.cancel`` names the running jobs to cancel.
+CANCEL_CHANNEL = "streamflow:jobs:cancel"
+
+
+def queue_stream(queue: str) -> str:
+    """The stream of queue ``queue``: ``streamflow:queue:{default}`` (the name is its tag)."""
+    return f"streamflow:queue:{{{queue}}}"
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: between the first ``{`` and the next ``}``
+    when that is not empty, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
+def job_key_prefix(stream: str) -> str:
+    """What every job hash of ``stream``'s queue starts with: ``streamflow:job:{tag}:``."""
+    return f"streamflow:job:{{{hash_tag(stream)}}}:"
+
+
+def job_key(stream: str, job_id: str) -> str:
+    """The hash holding a job's state: ``streamflow:job:{default}:<id>``."""
+    return job_key_prefix(stream) + job_id
+
+
+def job_done_key(job_hash: str) -> str:
+    """The list a finished job's status is pushed to while someone waits for it."""
+    return job_hash + ":done"
+
+
+def job_dependents_key(job_hash: str) -> str:
+    """The set of the hashes of jobs waiting for this one (``depends_on``)."""
+    return job_hash + ":dependents"
+
+
+def scheduled_key(stream: str) -> str:
+    """The sorted set of ``stream``'s delayed jobs (score: due time in ms)."""
+    return f"streamflow:scheduled:{{{hash_tag(stream)}}}"

@@ -20,17 +20,53 @@ from .message import Message
 from .policies import Retention, Retry
 
 __all__ = [
+    "Completion",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_TIMEOUT",
     "Handler",
     "HandlerSpec",
     "Hook",
     "Registry",
+    "RetryOf",
+    "Service",
     "check_handler_options",
 ]
 
 Handler = Callable[[Message], Awaitable[Any]]
 Hook = Callable[[], Awaitable[Any]]
+#: The retry policy of one entry, from its raw ``[field, value, ...]`` list (None: deleted).
+RetryOf = Callable[[list[bytes] | None], Retry]
+
+
+class Completion(Protocol):
+    """How a handler's handled entries are acknowledged when a bare XACK is not enough.
+
+    Job queues use it to write each job's result in the same atomic step as its ack, and
+    to record a dead-lettered job's failure. The worker's ack buffer asks it for the
+    command of each batch in place of XACK.
+    """
+
+    def ack_command(self, key: str, group: str, consumer: str, ids: list[bytes]) -> list[Any]:
+        """One command that acks ``ids`` (pending in ``key``); its reply counts those acked."""
+
+    def acked(self, ids: list[bytes]) -> None:
+        """``ids`` were sent and confirmed: forget what was kept for them."""
+
+    async def dead_lettered(
+        self, client: Any, msg: Message, *, consumer: str, error_type: str, error: str,
+        traceback: str,
+    ) -> None:
+        """``msg`` was moved to its dead-letter stream (after its last attempt, or rejected)."""
+
+
+class Service(Protocol):
+    """A background task a worker runs beside its consumers (job scheduling, cron, cancels).
+
+    ``run`` is started once the consumers run and is cancelled after they drained.
+    """
+
+    async def run(self, client: Any, consumer: str) -> None:
+        """Run until cancelled, using ``client`` (the worker's); ``consumer`` is its name."""
 
 DEFAULT_CONCURRENCY = 100
 DEFAULT_TIMEOUT = 180.0
@@ -52,6 +88,12 @@ class HandlerSpec:
     dead_letter: str | None = None
     start_id: str = "0"
     retention: Retention | None = None
+    retry_of: RetryOf | None = None  # per-entry retry policy (job queues); None: ``retry``
+    completion: Completion | None = None  # writes results with acks (job queues)
+
+    def retry_for(self, raw_fields: list[bytes] | None) -> Retry:
+        """The retry policy of one entry: ``retry_of(raw_fields)`` when set, else ``retry``."""
+        return self.retry if self.retry_of is None else self.retry_of(raw_fields)
 
     def dead_letter_stream(self, stream: str) -> str:
         """Name of the dead-letter stream for entries of ``stream``."""
@@ -75,6 +117,10 @@ class Registry(Protocol):
     @property
     def shutdown_hooks(self) -> Sequence[Hook]:
         """Coroutine functions awaited after the consumers stopped."""
+
+    @property
+    def services(self) -> Sequence[Service]:
+        """Background tasks to run beside the consumers (may be empty)."""
 
     def settings(self, **overrides: Any) -> Settings:
         """The worker settings of this application, with ``overrides`` applied."""

@@ -120,7 +120,7 @@ class Worker:
     async def serve(self) -> None:
         """Connect, run until :meth:`stop` (or a signal), drain, and close."""
         if not self.app.handlers:
-            raise ConfigError("app", "no handlers registered (use @app.handler(...))")
+            raise ConfigError("app", "no handlers or tasks registered (use @app.handler(...) or @app.task)")
         s = self.settings
         previous = self.app.current_connection()
         if (previous is not None and not previous.closed
@@ -242,6 +242,16 @@ class Worker:
                 await tg.start(self._watch_signals)
             for c in self.consumers:
                 await tg.start(c.run)
+            services = anyio.CancelScope()  # job scheduling, cron, cancels: until drained
+
+            async def run_services() -> None:
+                with services:
+                    async with anyio.create_task_group() as stg:
+                        for service in getattr(self.app, "services", ()):
+                            stg.start_soon(service.run, client, self.name)
+
+            client = await conn.client()
+            tg.start_soon(run_services)
             log.info(
                 "worker_started", consumer=self.name, loop=type(asyncio.get_running_loop()).__module__,
                 url=conn.safe_url
@@ -267,6 +277,7 @@ class Worker:
                     c.cancel_handlers()
                 for c in self.consumers:
                     await c.drained.wait()
+            services.cancel()
             acker.close()
             with anyio.move_on_after(s.socket_timeout + 1):
                 await acker_done.wait()

@@ -10,6 +10,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..rawpipe import RawPipe
+from ..spec import Completion
 
 __all__ = ["AckBuffer"]
 
@@ -23,6 +24,10 @@ class AckBuffer:
     its first id arrived, whichever comes first; all (stream, group) pairs of one
     flush go to Redis in one pipeline. Ids whose flush failed (connection lost) are
     kept and sent again; XACK is idempotent, so a resend never acks twice.
+
+    A (stream, group) with a :class:`~streamflow.spec.Completion` (a job queue) is acked
+    by the command the completion builds (a script that stores each job's result and
+    acks it in one atomic step) instead of XACK.
     """
 
     def __init__(self, client: Any, *, max_batch: int = 500, interval: float = 0.005) -> None:
@@ -34,6 +39,8 @@ class AckBuffer:
         self._full = asyncio.Event()  # set when a bucket reaches max_batch
         self._closing = False  # set by close(): flush what is left and stop
         self._pipe: RawPipe | None = None  # the flusher's own connection
+        # (stream, group) -> (completion, consumer name) for buckets not acked by XACK
+        self._completions: dict[tuple[str, str], tuple[Completion, str]] = {}
         self.acked = 0  # ids Redis confirmed acked
         self.flushes = 0  # pipelines sent
         self.missing = 0  # ids XACK reported as not pending (already acked or deleted)
@@ -47,6 +54,12 @@ class AckBuffer:
         if ids is None:
             ids = self._pending[(stream, group)] = []
         return ids
+
+    def use_completion(
+        self, stream: str, group: str, completion: Completion, consumer: str
+    ) -> None:
+        """Ack (stream, group)'s ids with ``completion``'s command (for ``consumer``)."""
+        self._completions[(stream, group)] = (completion, consumer)
 
     def notify(self, size: int) -> None:
         """Tell the flusher a bucket grew to ``size`` ids (wakes it on first id and when full)."""
@@ -83,6 +96,9 @@ class AckBuffer:
         """Account for XACK replies; log when Redis acked fewer ids than were sent."""
         self.flushes += 1
         for ((stream, group), ids), result in zip(batch.items(), results, strict=True):
+            completion = self._completions.get((stream, group))
+            if completion is not None:
+                completion[0].acked(ids)  # sent: acked now, or pending until redelivered
             if isinstance(result, Exception):
                 log.error("xack_failed", stream=stream, group=group, ids=len(ids), error=str(result))
                 continue
@@ -102,7 +118,7 @@ class AckBuffer:
         that is an error is raised after the acks were accounted for.
         """
         batch = self.take() if self._has_items.is_set() else {}
-        commands = _xacks(batch)
+        commands = self._commands(batch)
         commands.append(command)
         try:
             results = await pipe.execute(commands)
@@ -123,7 +139,7 @@ class AckBuffer:
             return
         if self._pipe is None:
             self._pipe = RawPipe(self._client)
-        commands = _xacks(batch)
+        commands = self._commands(batch)
         try:
             results = await self._pipe.execute(commands)
         except (RedisError, OSError) as exc:
@@ -169,13 +185,20 @@ class AckBuffer:
         if pipe is not None:
             await pipe.aclose()
 
+    def _commands(self, batch: dict[tuple[str, str], list[bytes]]) -> list[list[Any]]:
+        """One ack command per (stream, group) of ``batch``: XACK, or its completion's."""
+        completions = self._completions
+        out: list[list[Any]] = []
+        for (stream, group), ids in batch.items():
+            completion = completions.get((stream, group)) if completions else None
+            if completion is None:
+                out.append(["XACK", stream, group, *ids])
+            else:
+                out.append(completion[0].ack_command(stream, group, completion[1], ids))
+        return out
+
     def close(self) -> None:
         """Ask :meth:`run` to flush what is buffered and return."""
         self._closing = True
         self._has_items.set()
         self._full.set()
-
-
-def _xacks(batch: dict[tuple[str, str], list[bytes]]) -> list[list[Any]]:
-    """One XACK command per (stream, group) of ``batch``."""
-    return [["XACK", stream, group, *ids] for (stream, group), ids in batch.items()]

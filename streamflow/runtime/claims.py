@@ -92,7 +92,7 @@ class Claims:
         """
         batch: list[Message] = []
         limit = self.max_payload_bytes
-        max_attempts = self.spec.retry.max_attempts
+        retry_for = self.spec.retry_for
         key, stream = stream, self.origin.get(stream, stream)
         entries = parse_entries(claimed)
         self.counters.reclaimed += len(entries)
@@ -106,6 +106,7 @@ class Claims:
                 continue
             msg = Message(raw_id, raw_fields, stream, self.group, attempts.get(raw_id, 1), limit,
                           key)
+            max_attempts = retry_for(raw_fields).max_attempts
             if msg.attempt > max_attempts:
                 try:
                     await self.failures.dead_letter(

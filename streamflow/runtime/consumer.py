@@ -83,8 +83,11 @@ class Consumer:
         self.pool = SlotPool(
             func, concurrency=self.concurrency, acker=acker, group=self.group,
             keys=self.keys, counters=self.counters, stop=self.stop_signal,
-            on_failure=self.failures.handle,
+            on_failure=self.failures.handle, eager_acks=spec.completion is not None,
         )
+        if spec.completion is not None:
+            for key in self.keys:
+                acker.use_completion(key, self.group, spec.completion, consumer_name)
         # A replay stream holds only what an operator replayed: always read from its start.
         starts = {s: spec.start_id for s in self.streams} | dict.fromkeys(replays, "0")
         self.groups = Groups(client, starts=starts, group=self.group, stop=self.stop_signal,

@@ -63,7 +63,8 @@ def decide(
     ``key`` (the entry id) makes the retry's jitter the one the reclaimer computes for it.
     """
     if isinstance(exc, HandlerTimeout):
-        error = f"handler timed out after {timeout:g}s" if timeout is not None else "timed out"
+        error = str(exc) or (
+            f"handler timed out after {timeout:g}s" if timeout is not None else "timed out")
         error_type = "HandlerTimeout"
     else:
         error = str(exc) or type(exc).__name__
@@ -93,7 +94,8 @@ class Failures:
     async def handle(self, msg: Message, exc: BaseException) -> None:
         """The slot pool's failure hook: count, log, and retry or dead-letter ``msg``."""
         self.counters.failed += 1
-        d = decide(exc, msg.attempt, self.spec.retry, self.spec.timeout, msg.raw_id)
+        retry = self.spec.retry_for(msg.raw_fields)
+        d = decide(exc, msg.attempt, retry, self.spec.timeout, msg.raw_id)
         fields = {"stream": msg.stream, "message_id": msg.id, "attempt": msg.attempt,
                   "error_type": d.error_type, "error": d.error}
         try:
@@ -143,6 +145,11 @@ class Failures:
             self.log.error("dead_lettered", stream=msg.stream, message_id=msg.id,
                            attempt=msg.attempt, dead_letter_stream=dlq, error_type=error_type,
                            error=error)
+            completion = self.spec.completion
+            if completion is not None:
+                await completion.dead_lettered(
+                    self.client, msg, consumer=self.consumer, error_type=error_type,
+                    error=error, traceback=tb)
         else:
             self.log.warning("dead_letter_skipped", stream=msg.stream, message_id=msg.id,
                              reason="entry was no longer pending")

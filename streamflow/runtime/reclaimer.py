@@ -25,6 +25,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ..keys import RETRY_CONSUMER
+from ..policies import Retry
 from ..redis_errors import Kind, classify
 from ..spec import HandlerSpec
 from ..stats import Counters
@@ -37,6 +38,8 @@ __all__ = ["Reclaimer"]
 
 #: Entries asked for per XPENDING page.
 PAGE = 100
+#: Most per-entry retry policies remembered (handlers with ``retry_of``: job queues).
+POLICY_CACHE = 10_000
 _RETRY = RETRY_CONSUMER.encode()
 
 
@@ -62,6 +65,8 @@ class Reclaimer:
         self.stop = stop
         self.log = log
         self._consumer_raw = consumer.encode()
+        # entry id -> its retry policy, for specs whose entries carry their own (job queues)
+        self._policies: dict[bytes, Retry] = {}
 
     async def run(self) -> None:
         """Reclaim every ``interval`` until the stop signal; errors are logged, never fatal."""
@@ -113,9 +118,12 @@ class Reclaimer:
             if not rows:
                 return claimed
             due: list[tuple[bytes, int, int]] = []  # (id, min idle ms, deliveries)
+            policies = (await self._policies_of(stream, [r[0] for r in rows])
+                        if retries and self.spec.retry_of is not None else None)
             for raw_id, owner, idle, deliveries in rows:
                 if retries:
-                    need = int(retry.delay(int(deliveries), raw_id) * 1000)
+                    policy = policies[raw_id] if policies is not None else retry
+                    need = int(policy.delay(int(deliveries), raw_id) * 1000)
                 else:
                     if owner == _RETRY:
                         continue  # waits for its own backoff, handled by the retry scan
@@ -140,6 +148,26 @@ class Reclaimer:
             if len(rows) < PAGE:
                 return claimed
             start = "(" + rows[-1][0].decode()
+
+    async def _policies_of(self, stream: str, raw_ids: list[bytes]) -> dict[bytes, Retry]:
+        """The retry policy of each parked entry (read from the entry once, then remembered).
+
+        Only for handlers whose entries carry their own policy (``spec.retry_of``: a job
+        queue, where each task has its own ``Retry``). The XPENDING scan above used the
+        spec's ``retry`` (the queue's shortest backoff) as its lower bound.
+        """
+        cache = self._policies
+        unknown = [raw_id for raw_id in raw_ids if raw_id not in cache]
+        if unknown:
+            if len(cache) + len(unknown) > POLICY_CACHE:
+                cache.clear()
+            retry_for = self.spec.retry_for
+            pipe = self.client.pipeline(transaction=False)
+            for raw_id in unknown:
+                pipe.execute_command("XRANGE", stream, raw_id, raw_id)
+            for raw_id, rows in zip(unknown, await pipe.execute(), strict=True):
+                cache[raw_id] = retry_for(rows[0][1] if rows else None)
+        return {raw_id: cache[raw_id] for raw_id in raw_ids}
 
     def _is_suspect(self, deliveries: int) -> bool:
         """An entry of a dead consumer delivered twice already may be what kills workers.

@@ -84,8 +84,12 @@ class SlotPool:
         counters: Counters,
         stop: StopSignal,
         on_failure: FailureHook,
+        eager_acks: bool = False,
     ) -> None:
         self.func = func  # the handler
+        # Flush an ack batch as soon as its first id arrives (job queues: a caller may be
+        # waiting for the result that rides with the ack), not ``ack_interval`` later.
+        self.eager_acks = eager_acks
         self.concurrency = concurrency  # most entries taken (queued + running) at once
         self.acker = acker  # where handled ids go
         self.group = group
@@ -253,6 +257,7 @@ class SlotPool:
         notify = acker.notify
         buckets = {key: acker.bucket(key, self.group) for key in self.keys}
         ack_max = acker.max_batch
+        first_ack = ack_max if self.eager_acks else 1  # what the first id reports as size
         suspects = self.suspects
         counters = self.counters
         on_failure = self.on_failure
@@ -310,7 +315,9 @@ class SlotPool:
                     bucket = buckets[msg.key]
                     bucket.append(msg._id)
                     n = len(bucket)
-                    if n == 1 or n >= ack_max:
+                    if n == 1:
+                        notify(first_ack)
+                    elif n >= ack_max:
                         notify(n)
                     self._busy -= 1
                 else:
