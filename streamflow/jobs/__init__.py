@@ -1,0 +1,1 @@
+"""Jobs: RQ-style task queue on the streams runtime."""
