@@ -306,7 +306,7 @@ class Every(Schedule):
 
     def next_after(self, t: datetime) -> datetime:
         """The first tick strictly after ``t`` (UTC; ValueError if ``t`` is naive)."""
-        return self._tick((_aware_utc(t) - _EPOCH) // self.period)
+        return self._tick((_aware_utc(t) - _EPOCH) // self.period + 1)
 
     def last_at_or_before(self, t: datetime) -> datetime:
         """The latest tick at or before ``t`` (UTC; ValueError if ``t`` is naive)."""
