@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
-import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -13,17 +10,9 @@ from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
-from .jobs.cron import CronSchedule, Every
-from .jobs.job import Job
-from .jobs.registry import (
-    DEFAULT_FAILURE_TTL,
-    DEFAULT_QUEUE,
-    DEFAULT_RESULT_TTL,
-    DEFAULT_TASK_TIMEOUT,
-    Jobs,
-    QueueOptions,
-)
-from .jobs.task import Task
+from .jobs.mixin import JobsMixin
+from .jobs.registry import Jobs
+from .naming import default_group, handler_name
 from .policies import Retention, Retry
 from .rawpipe import RawPipe
 from .spec import (
@@ -40,48 +29,8 @@ __all__ = ["App", "Handler", "HandlerSpec", "default_group", "handler_name"]
 
 H = TypeVar("H", bound=Handler)
 
-_GROUP_CLEAN_RE = re.compile(r"[^A-Za-z0-9_.:\-]")
 
-
-def _module_name(func: Callable[..., Any]) -> str:
-    """The module ``func`` belongs to, named as ``streamflow run`` would import it.
-
-    For a module run as a script (``__main__``): its ``python -m`` name, else its file's
-    path relative to the working directory (``python examples/app.py`` and
-    ``streamflow run examples.app:app`` from the same directory agree), else the file's
-    stem.
-    """
-    module = getattr(func, "__module__", None) or "__main__"
-    if module != "__main__":
-        return module
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and getattr(spec, "name", None):
-        name: str = spec.name
-        return name[: -len(".__main__")] if name.endswith(".__main__") else name
-    path = getattr(main, "__file__", None)
-    if not path:
-        return module
-    stem = os.path.splitext(os.path.abspath(path))[0]
-    relative = os.path.relpath(stem, os.getcwd())
-    if relative.startswith(os.pardir):
-        return str(os.path.basename(stem))
-    return str(relative).replace(os.sep, ".")
-
-
-def handler_name(func: Callable[..., Any]) -> str:
-    """``module.qualname`` of a handler (``__main__`` resolved as :func:`_module_name` does)."""
-    return f"{_module_name(func)}.{getattr(func, '__qualname__', repr(func))}"
-
-
-def default_group(func: Callable[..., Any]) -> str:
-    """The default group of a handler: :func:`handler_name` with characters Redis names
-    may not hold (``<locals>``'s brackets...) replaced by ``_``, at most 200 characters."""
-    name = _GROUP_CLEAN_RE.sub("_", handler_name(func))
-    return name if len(name) <= 200 else name[-200:]
-
-
-class App:
+class App(JobsMixin):
     """A streamflow application: handlers registered with decorators, and a publisher.
 
     ::
@@ -189,80 +138,6 @@ class App:
     def services(self) -> list[Service]:
         """Background tasks a worker runs beside the handlers (the job service)."""
         return self.jobs.services()
-
-    # -- jobs -----------------------------------------------------------------------------
-
-    def task(
-        self, func: Callable[..., Any] | None = None, *, queue: str = DEFAULT_QUEUE,
-        name: str | None = None, timeout: float | None = DEFAULT_TASK_TIMEOUT,
-        retry: Retry | None = None, result_ttl: int = DEFAULT_RESULT_TTL,
-        failure_ttl: int = DEFAULT_FAILURE_TTL, threads: int | None = None,
-    ) -> Any:
-        """Register a function as a task, run by workers: ``@app.task`` or ``@app.task(...)``.
-
-        ``async def`` functions run on the worker's event loop; plain functions in a
-        bounded pool of threads (``threads=`` for a pool of the task's own, else its
-        queue's). ``timeout`` (seconds, None for none) applies to both; ``retry`` sets
-        attempts and backoff (default ``Retry()``: 5 attempts); ``result_ttl`` is how
-        long a succeeded job's state and result are kept (default an hour),
-        ``failure_ttl`` a failed or cancelled one's (default a week). ``name`` (default
-        the function's ``__name__``) is how entries name the task. Returns a
-        :class:`~streamflow.jobs.Task`: ``await f.enqueue(...)``, ``f.enqueue_sync(...)``.
-        """
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            return self.jobs.task(f, queue=queue, name=name, timeout=timeout, retry=retry,
-                                  result_ttl=result_ttl, failure_ttl=failure_ttl,
-                                  threads=threads)
-
-        return decorate(func) if func is not None else decorate
-
-    def queue(
-        self, name: str, *, stream: str | None = None, concurrency: int | None = None,
-        threads: int | None = None, task_field: str | None = None, retry: Retry | None = None,
-    ) -> QueueOptions:
-        """Declare how queue ``name`` is consumed (call it before registering its tasks).
-
-        ``stream`` (default ``streamflow:queue:{name}``) is the stream jobs go to;
-        ``concurrency`` (default 100) bounds its jobs in flight per worker; ``threads``
-        (default ``min(32, cores + 4)``) the threads its sync tasks share. With
-        ``task_field``, entries written by other producers in the style ``XADD tasks *
-        task_type calculate_square number 4`` are jobs too: that field names the task and
-        the other fields are its keyword arguments.
-        """
-        return self.jobs.queue(name, stream=stream, concurrency=concurrency,
-                               threads=threads, task_field=task_field, retry=retry)
-
-    def cron(self, expression: str, *, tz: Any = None, **task_options: Any) -> Any:
-        """Register a function (no arguments) run at each tick of a cron ``expression``.
-
-        Exactly one run per tick whatever the number of workers; see
-        :mod:`streamflow.jobs.service` for restarts and missed ticks. ``task_options``
-        are those of :meth:`task`.
-        """
-        schedule = CronSchedule.parse(expression, tz)
-
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            t: Task[Any, Any] = self.task(f, **task_options)
-            self.jobs.add_periodic(t, schedule)
-            return t
-
-        return decorate
-
-    def periodic(self, *, every: Any, **task_options: Any) -> Any:
-        """Register a function (no arguments) run every ``every`` (seconds or a timedelta),
-        on ticks aligned to the Unix epoch; like :meth:`cron` otherwise."""
-        schedule = every if isinstance(every, Every) else Every(every)
-
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            t: Task[Any, Any] = self.task(f, **task_options)
-            self.jobs.add_periodic(t, schedule)
-            return t
-
-        return decorate
-
-    def job(self, job_id: str, queue: str = DEFAULT_QUEUE) -> Job:
-        """A handle on job ``job_id`` of ``queue`` (to read its status, result, cancel it)."""
-        return self.jobs.job(job_id, queue)
 
     def on_startup(self, func: Hook) -> Hook:
         """Register a coroutine function awaited when a worker starts, before any handler runs."""

@@ -62,10 +62,12 @@ class Completion(Protocol):
 class Service(Protocol):
     """A background task a worker runs beside its consumers (job scheduling, cron, cancels).
 
-    ``run`` is started once the consumers run and is cancelled after they drained.
+    ``run`` is started (``task_group.start``: the worker is ready once every service
+    called ``task_status.started()``) after the consumers, and cancelled after they
+    drained.
     """
 
-    async def run(self, client: Any, consumer: str) -> None:
+    async def run(self, client: Any, consumer: str, *, task_status: Any = ...) -> None:
         """Run until cancelled, using ``client`` (the worker's); ``consumer`` is its name."""
 
 DEFAULT_CONCURRENCY = 100

@@ -21,6 +21,7 @@ import signal
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 from redis.exceptions import RedisError
 
@@ -243,15 +244,18 @@ class Worker:
             for c in self.consumers:
                 await tg.start(c.run)
             services = anyio.CancelScope()  # job scheduling, cron, cancels: until drained
+            client = await conn.client()
 
-            async def run_services() -> None:
+            async def run_services(
+                *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+            ) -> None:
                 with services:
                     async with anyio.create_task_group() as stg:
                         for service in getattr(self.app, "services", ()):
-                            stg.start_soon(service.run, client, self.name)
+                            await stg.start(service.run, client, self.name)
+                        task_status.started()
 
-            client = await conn.client()
-            tg.start_soon(run_services)
+            await tg.start(run_services)
             log.info(
                 "worker_started", consumer=self.name, loop=type(asyncio.get_running_loop()).__module__,
                 url=conn.safe_url

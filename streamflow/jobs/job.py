@@ -75,10 +75,10 @@ class Job:
         """Everything known about the job; :class:`JobNotFound` if no state is kept."""
         client = await self._source.client()
         raw = await client.execute_command("HGETALL", self.key)
-        if not raw:
-            raise JobNotFound(self.id, f"queue {self.queue!r}")
         h = raw if isinstance(raw, dict) else {raw[i]: raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-        status = JobStatus(text(h.get(b"status")) or "queued")
+        if not h or b"status" not in h:  # (a hash with only a waiter's mark is no job yet)
+            raise JobNotFound(self.id, f"queue {self.queue!r}")
+        status = JobStatus(text(h[b"status"]) or "queued")
         worker, attempt, started = text(h.get(b"worker")), h.get(b"attempt"), h.get(b"started_at")
         entry = text(h.get(b"entry"))
         if status is JobStatus.QUEUED and entry:
@@ -120,14 +120,14 @@ class Job:
         Raises :class:`JobFailed` (with the error's type, message and traceback) if it
         failed, :class:`JobCancelled` if it was cancelled, :class:`ResultTimeout` if it
         did not finish within ``timeout`` seconds (None: wait as long as it takes), and
-        :class:`JobNotFound` if no state is kept for it.
+        :class:`JobNotFound` if no state appeared for it within ``timeout`` (a job a plain
+        XADD enqueued has a state only once it finished: it is waited for like any other).
         """
         client = await self._source.client()
-        prep = await client.eval(scripts.WAIT_PREP, 1, self.key)
-        if prep is None:
-            raise JobNotFound(self.id, f"queue {self.queue!r}")
+        mark_ttl = 86400 if timeout is None else int(timeout) + 60
+        prep = await client.eval(scripts.WAIT_PREP, 1, self.key, mark_ttl)
         status, payload = text(prep[0]) or "", prep[1]
-        if JobStatus(status) in FINAL:
+        if status and JobStatus(status) in FINAL:
             return await self._outcome(client, status, payload)
         deadline = None if timeout is None else time.monotonic() + timeout
         done = job_done_key(self.key)
@@ -137,7 +137,10 @@ class Job:
             if deadline is not None:
                 wait = min(chunk, deadline - time.monotonic())
                 if wait < 0.001:
-                    raise ResultTimeout(self.id, float(timeout or 0), str(await self._status_or(status)))
+                    now = await self._status_or("")
+                    if not now:  # no state at all: never enqueued (or expired)
+                        raise JobNotFound(self.id, f"queue {self.queue!r}")
+                    raise ResultTimeout(self.id, float(timeout or 0), now)
             got = await client.execute_command("BLMOVE", done, done, "RIGHT", "LEFT", f"{wait:.3f}")
             if got:
                 head, _, payload = bytes(got).partition(b"\n")

@@ -280,7 +280,8 @@ local was = st
 if st == 'scheduled' then
   redis.call('ZREM', KEYS[3], f[3])
 elseif st == 'queued' and f[2] then
-  local p = redis.call('XPENDING', KEYS[2], ARGV[1], f[2], f[2], 1)
+  local p = redis.pcall('XPENDING', KEYS[2], ARGV[1], f[2], f[2], 1)
+  if type(p) == 'table' and p.err then p = {} end  -- NOGROUP: no worker read the queue yet
   if #p == 1 then
     redis.call('XACK', KEYS[2], ARGV[1], f[2])
     redis.call('PUBLISH', ARGV[3], f[3])
@@ -297,16 +298,20 @@ return {'cancelled', was}
 """
 
 #: Before waiting for a result: the job's status and result if it finished, else mark it
-#: awaited (so its worker pushes to the :done list). KEYS[1] job hash.
-#: Returns false (no such job) or {status, result or ''}.
+#: awaited (so its worker pushes to the :done list). A job with no state yet (written by a
+#: producer that keeps none, e.g. a plain XADD) gets the mark alone, living ARGV[1]
+#: seconds. KEYS[1] job hash. Returns {status or '', result or ''}.
 WAIT_PREP = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'result')
-if not f[1] then return false end
 if f[1] == 'succeeded' or f[1] == 'failed' or f[1] == 'cancelled' then
   return {f[1], f[2] or ''}
 end
 redis.call('HSET', KEYS[1], 'waiting', '1')
-return {f[1], ''}
+if not f[1] then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]), 'GT')
+  if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+end
+return {f[1] or '', ''}
 """
 
 #: Run a failed or cancelled job again, with its arguments, as a new attempt 1.

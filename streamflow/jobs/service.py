@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import structlog
 from redis.exceptions import RedisError
 
@@ -57,8 +58,9 @@ class JobService:
         self.promoted = 0  # delayed jobs this worker moved to their streams
         self.ticks = 0  # periodic ticks this worker enqueued (deduplicated by id)
 
-    async def run(self, client: Any, consumer: str) -> None:
-        """Run until cancelled (see the module docstring)."""
+    async def run(self, client: Any, consumer: str, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (see the module docstring); started once cancels are heard."""
         queues = self.jobs.queues
         try:
             await client.execute_command(
@@ -66,10 +68,11 @@ class JobService:
         except (RedisError, OSError) as exc:
             log.warning("queue_registry_write_failed", error=str(exc) or type(exc).__name__)
         async with anyio.create_task_group() as tg:
+            await tg.start(self._cancels, client)
             tg.start_soon(self._promote, client)
-            tg.start_soon(self._cancels, client)
             for p in self.jobs.periodic:
                 tg.start_soon(self._tick, p)
+            task_status.started()
 
     async def _promote(self, client: Any) -> None:
         sets = {scheduled_key(q.stream): job_key_prefix(q.stream)
@@ -98,13 +101,19 @@ class JobService:
                 wait = 1.0
             await anyio.sleep(wait)
 
-    async def _cancels(self, client: Any) -> None:
+    async def _cancels(self, client: Any, *,
+                       task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                       ) -> None:
         runners = self.jobs.runners()
         delay = 0.0
+        started = False
         while True:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL)
+                if not started:
+                    task_status.started()
+                    started = True
                 delay = 0.0
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
