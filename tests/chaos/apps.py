@@ -30,6 +30,7 @@ import os
 import time
 
 import anyio
+import redis.asyncio as aioredis
 import structlog
 
 from streamflow import App, Message, Reject, Retry
@@ -92,3 +93,23 @@ async def work(msg: Message) -> None:
     if sleep:
         await anyio.sleep(sleep)
     await LEDGER.write("end", **common, t=time.time())
+
+
+# -- jobs ------------------------------------------------------------------------------
+#: A job queue app (``tests.chaos.apps:jobs_app``): task ``job_work(n, sleep)`` counts each
+#: start in the ledger hash ``chaos:job_starts`` and returns ``{"n": n, "pid": pid}``.
+jobs_app = App(name="chaos-jobs")
+_job_ledger: aioredis.Redis | None = None
+jobs_app.queue("chaos-jobs", concurrency=int(os.environ.get("CHAOS_CONCURRENCY", "16")))
+
+
+@jobs_app.task(queue="chaos-jobs", retry=Retry(max_attempts=5, backoff=0.1, jitter=0))
+async def job_work(n: int, sleep: float = 0.0) -> dict[str, int]:
+    """Count the start in the ledger, sleep, return who ran it."""
+    global _job_ledger
+    if _job_ledger is None:
+        _job_ledger = aioredis.Redis.from_url(LEDGER.url, socket_timeout=30)
+    await _job_ledger.hincrby("chaos:job_starts", str(n), 1)
+    if sleep:
+        await anyio.sleep(sleep)
+    return {"n": n, "pid": PID}
