@@ -28,6 +28,7 @@ __all__ = [
     "Hook",
     "Registry",
     "RetryOf",
+    "TimeoutOf",
     "Service",
     "check_handler_options",
 ]
@@ -36,6 +37,8 @@ Handler = Callable[[Message], Awaitable[Any]]
 Hook = Callable[[], Awaitable[Any]]
 #: The retry policy of one entry, from its raw ``[field, value, ...]`` list (None: deleted).
 RetryOf = Callable[[list[bytes] | None], Retry]
+#: The timeout of one entry's handler (seconds, None for none), from its raw fields.
+TimeoutOf = Callable[[list[bytes] | None], float | None]
 
 
 class Completion(Protocol):
@@ -91,11 +94,17 @@ class HandlerSpec:
     start_id: str = "0"
     retention: Retention | None = None
     retry_of: RetryOf | None = None  # per-entry retry policy (job queues); None: ``retry``
+    # per-entry timeout (job queues; ``timeout`` is then the shortest, for the watchdog's tick)
+    timeout_of: TimeoutOf | None = None
     completion: Completion | None = None  # writes results with acks (job queues)
 
     def retry_for(self, raw_fields: list[bytes] | None) -> Retry:
         """The retry policy of one entry: ``retry_of(raw_fields)`` when set, else ``retry``."""
         return self.retry if self.retry_of is None else self.retry_of(raw_fields)
+
+    def timeout_for(self, raw_fields: list[bytes] | None) -> float | None:
+        """The timeout of one entry: ``timeout_of(raw_fields)`` when set, else ``timeout``."""
+        return self.timeout if self.timeout_of is None else self.timeout_of(raw_fields)
 
     def dead_letter_stream(self, stream: str) -> str:
         """Name of the dead-letter stream for entries of ``stream``."""

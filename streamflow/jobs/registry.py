@@ -207,10 +207,15 @@ class Jobs:
                       max_backoff=max(r.max_backoff for r in retries),
                       jitter=max(r.jitter for r in retries))
         runner = q.runner
+        # The watchdog enforces async tasks' timeouts (each its own, through timeout_of; its
+        # tick follows the shortest); a sync task's thread lane enforces its own.
+        limits = [t.timeout for t in tasks if t.is_async and t.timeout is not None]
         return HandlerSpec(func=runner, name=f"queue:{q.options.name}",
                            streams=(q.options.stream,), group=JOBS_GROUP,
-                           concurrency=q.options.concurrency, timeout=None, retry=floor,
-                           retry_of=runner.retry_of, completion=runner)
+                           concurrency=q.options.concurrency,
+                           timeout=min(limits) if limits else None, retry=floor,
+                           retry_of=runner.retry_of, timeout_of=runner.timeout_of,
+                           completion=runner)
 
     def services(self) -> list[Service]:
         """The job service, when there is a queue with tasks."""

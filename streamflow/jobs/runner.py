@@ -18,23 +18,23 @@ The runner is the handler it calls, and the queue's
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import structlog
 
 from ..codec import encode_json
-from ..errors import BadJob, HandlerTimeout, PayloadError
+from ..errors import BadJob, PayloadError
 from ..keys import job_key
 from ..message import Message
 from ..policies import Retry
 from . import scripts
 from .threads import ThreadLane
-from .wire import JOB, Signature, decode_call, task_of
+from .wire import JOB, Signature, check_call, decode_call, task_of
 
 __all__ = ["QueueRunner", "TaskDef"]
 
@@ -82,7 +82,8 @@ class QueueRunner:
         # entry id -> FINISH arguments (job hash, outcome, result, started, attempt, task,
         # job id, ttl), from the task's return until the ack batch was sent
         self.records: dict[bytes, tuple[str, str, bytes, int, int, str, str, int]] = {}
-        self.running: dict[str, anyio.CancelScope] = {}  # job id -> its cancel scope
+        self.running: dict[str, asyncio.Task[Any] | None] = {}  # job id -> its slot's task
+        self._cancelling: set[str] = set()  # running jobs cancel() was called for
         self.cancelled: dict[str, float] = {}  # job id -> when its cancel arrived
         self.__name__ = f"queue:{queue}"  # for logs that name the handler
         self.__qualname__ = self.__name__
@@ -98,40 +99,47 @@ class QueueRunner:
         call = decode_call(msg.raw_id, msg.raw_fields, self.task_field, self.signatures,
                            self.max_payload_bytes)
         task = self.tasks[call.task]
-        hkey = job_key(msg.stream, call.job_id)
+        jid = call.job_id
         started = int(time.time() * 1000)
-        if call.job_id in self.cancelled:
-            self._record(msg, hkey, "discard", b"", started, task, call.job_id)
+        if jid in self.cancelled:
+            self._record(msg, job_key(msg.stream, jid), "discard", b"", started, task, jid)
             return
-        scope = anyio.CancelScope()
-        self.running[call.job_id] = scope
+        current = asyncio.current_task()
+        running = self.running
+        running[jid] = current
         try:
-            with scope:
-                if task.lane is None:
-                    with anyio.move_on_after(task.timeout) as limit:
-                        result = await task.func(*call.args, **call.kwargs)
-                    if limit.cancelled_caught:
-                        raise HandlerTimeout(f"task {task.name} timed out after "
-                                             f"{task.timeout:g}s")
-                else:
+            if task.lane is None:  # (its timeout is the runtime watchdog's: timeout_of)
+                try:
+                    coro = task.func(*call.args, **call.kwargs)
+                except TypeError as exc:
+                    raise check_call(task.signature, call, exc) or exc from None
+                result = await coro
+            else:
+                try:
                     result = await task.lane.run(task.func, call.args, call.kwargs,
-                                                 limit=task.timeout, task=task.name,
-                                                 job_id=call.job_id)
-                if inspect.isawaitable(result):
-                    raise BadJob(f"task {task.name} returned an awaitable; declare it async def")
-        finally:
-            self.running.pop(call.job_id, None)
-        if scope.cancelled_caught:
-            log.info("job_cancelled", queue=self.queue, task=task.name, job_id=call.job_id,
+                                                 limit=task.timeout, task=task.name, job_id=jid)
+                except TypeError as exc:
+                    raise check_call(task.signature, call, exc) or exc from None
+            if inspect.isawaitable(result):
+                raise BadJob(f"task {task.name} returned an awaitable; declare it async def")
+        except asyncio.CancelledError:
+            if jid not in self._cancelling or current is None:
+                raise
+            self._cancelling.discard(jid)
+            if current.uncancel():
+                raise  # also cancelled for another reason (timeout, shutdown)
+            log.info("job_cancelled", queue=self.queue, task=task.name, job_id=jid,
                      stream=msg.stream, message_id=msg.id, attempt=msg.attempt)
-            self._record(msg, hkey, "discard", b"", started, task, call.job_id)
+            self._record(msg, job_key(msg.stream, jid), "discard", b"", started, task, jid)
             return
+        finally:
+            running.pop(jid, None)
         try:
             data = encode_json(result, self.max_payload_bytes)
         except PayloadError as exc:
             raise BadJob(f"task {task.name} returned a value that cannot be stored: {exc}; "
                          "results must be JSON values") from None
-        self._record(msg, hkey, "succeeded", data, started, task, call.job_id)
+        self._record(msg, job_key(msg.stream, jid), "succeeded", data, started, task, jid)
 
     def _record(self, msg: Message, hkey: str, outcome: str, data: bytes, started: int,
                 task: TaskDef, job_id: str) -> None:
@@ -142,9 +150,12 @@ class QueueRunner:
 
     def cancel(self, job_id: str) -> bool:
         """Cancel ``job_id`` if it runs here, else remember it; True if it was running."""
-        scope = self.running.get(job_id)
-        if scope is not None:
-            scope.cancel()
+        running = self.running.get(job_id)
+        if running is not None:
+            # Delivered at the await the job's coroutine (or its wait for its thread) is
+            # suspended at: running jobs leave ``running`` before their next await.
+            self._cancelling.add(job_id)
+            running.cancel()
             return True
         now = time.monotonic()
         if len(self.cancelled) >= CANCELLED_KEPT:
@@ -155,6 +166,12 @@ class QueueRunner:
         return False
 
     # -- policies for the runtime ---------------------------------------------------------
+
+    def timeout_of(self, raw: list[bytes] | None) -> float | None:
+        """The watchdog's limit for an entry: its async task's timeout (a sync task's own
+        thread lane enforces its timeout, so None for those)."""
+        task = self.tasks.get(task_of(raw, self.task_field) or "")
+        return task.timeout if task is not None and task.lane is None else None
 
     def retry_of(self, raw: list[bytes] | None) -> Retry:
         """The retry policy of an entry: its task's, else the queue's."""

@@ -28,8 +28,8 @@ from ..codec import encode_json, loads
 from ..errors import BadJob, EnqueueError, PayloadError
 
 __all__ = [
-    "ARGS", "JOB", "KWARGS", "TASK", "Call", "Signature", "decode_call", "encode_call",
-    "task_of",
+    "ARGS", "JOB", "KWARGS", "TASK", "Call", "Signature", "check_call", "decode_call",
+    "encode_call", "task_of",
 ]
 
 TASK = b"sf:task"
@@ -161,33 +161,57 @@ def decode_call(
     raw_id: bytes, raw: list[bytes] | None, task_field: bytes | None,
     signatures: Mapping[str, Signature], max_bytes: int,
 ) -> Call:
-    """Decode one job entry; :class:`BadJob` (dead-lettered at once) when it cannot run."""
+    """Decode one job entry; :class:`BadJob` (dead-lettered at once) when it cannot run.
+
+    The arguments of an ``sf:`` entry are not bound to the signature here (that costs more
+    than the call itself): a call that does not fit raises TypeError when it is made, and
+    :func:`check_call` then tells a binding error from a TypeError of the function's own.
+    """
     if raw is None:
         raise BadJob("the entry was deleted")
-    if sum(map(len, raw)) > max_bytes:
+    task = job = args = kwargs = None
+    size = 0
+    for i in range(0, len(raw) - 1, 2):
+        field, value = raw[i], raw[i + 1]
+        size += len(field) + len(value)
+        if field == TASK:
+            task = value
+        elif field == JOB:
+            job = value
+        elif field == ARGS:
+            args = value
+        elif field == KWARGS:
+            kwargs = value
+    if size > max_bytes:
         raise BadJob(f"entry is larger than max_payload_bytes={max_bytes}")
+    if task is not None:
+        name = task.decode(errors="replace")
+        _signature(name, signatures)
+        return Call(
+            name, job.decode(errors="replace") if job is not None else raw_id.decode(),
+            [] if args is None or args == b"[]" else _json(args, list, "sf:args", "a JSON array"),
+            {} if kwargs is None or kwargs == b"{}"
+            else _json(kwargs, dict, "sf:kwargs", "a JSON object"),
+        )
     fields = {raw[i]: raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-    if TASK in fields:
-        task = fields[TASK].decode(errors="replace")
-        sig = _signature(task, signatures)
-        job_id = fields[JOB].decode() if JOB in fields else raw_id.decode()
-        args = _json(fields.get(ARGS, b"[]"), list, "sf:args", "a JSON array")
-        kwargs = _json(fields.get(KWARGS, b"{}"), dict, "sf:kwargs", "a JSON object")
-    elif task_field is not None and task_field in fields:
-        task = fields.pop(task_field).decode(errors="replace")
-        sig = _signature(task, signatures)
-        job_id = raw_id.decode()
-        args = []
-        kwargs = sig.convert({k.decode(errors="replace"): v.decode(errors="replace")
-                              for k, v in fields.items() if k not in _OWN})
-    else:
+    if task_field is None or task_field not in fields:
         named = "sf:task" + (f" or {task_field.decode()}" if task_field else "")
         raise BadJob(f"the entry has no {named} field naming its task")
+    name = fields.pop(task_field).decode(errors="replace")
+    sig = _signature(name, signatures)
+    kw = sig.convert({k.decode(errors="replace"): v.decode(errors="replace")
+                      for k, v in fields.items() if k not in _OWN})
+    return Call(name, raw_id.decode(), [], kw)
+
+
+def check_call(sig: Signature, call: Call, exc: TypeError) -> BadJob | None:
+    """After ``exc`` (a TypeError) from calling the task: a :class:`BadJob` if the call's
+    arguments do not fit the signature, None if the TypeError is the function's own."""
     try:
-        sig.check(args, kwargs)
-    except TypeError as exc:
-        raise BadJob(f"{task}{sig.signature}: {exc}") from None
-    return Call(task, job_id, args, kwargs)
+        sig.check(call.args, call.kwargs)
+    except TypeError as bind_error:
+        return BadJob(f"{call.task}{sig.signature}: {bind_error}")
+    return None
 
 
 def _signature(task: str, signatures: Mapping[str, Signature]) -> Signature:

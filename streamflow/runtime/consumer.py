@@ -127,7 +127,7 @@ class Consumer:
             task_status.started()
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._leases)
-                outer.start_soon(watchdog, self.pool, self.spec.timeout)
+                outer.start_soon(watchdog, self.pool, self.spec.timeout, self.spec.timeout_of)
                 outer.start_soon(self.maintenance.run, self.stop_signal)
                 outer.start_soon(self.groups.create_deferred)
                 async with self.pool.open():

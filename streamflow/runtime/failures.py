@@ -95,7 +95,7 @@ class Failures:
         """The slot pool's failure hook: count, log, and retry or dead-letter ``msg``."""
         self.counters.failed += 1
         retry = self.spec.retry_for(msg.raw_fields)
-        d = decide(exc, msg.attempt, retry, self.spec.timeout, msg.raw_id)
+        d = decide(exc, msg.attempt, retry, self.spec.timeout_for(msg.raw_fields), msg.raw_id)
         fields = {"stream": msg.stream, "message_id": msg.id, "attempt": msg.attempt,
                   "error_type": d.error_type, "error": d.error}
         try:

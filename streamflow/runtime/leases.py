@@ -19,13 +19,16 @@ import anyio
 from redis.exceptions import RedisError
 
 from .. import scripts
+from ..spec import TimeoutOf
 from .slots import SlotPool, SlotState
 
 __all__ = ["renew_leases", "watchdog"]
 
 
-async def watchdog(pool: SlotPool, limit: float | None) -> None:
-    """Cancel handlers of ``pool`` that run longer than ``limit`` seconds; runs until cancelled."""
+async def watchdog(pool: SlotPool, limit: float | None, limit_of: TimeoutOf | None = None) -> None:
+    """Cancel handlers of ``pool`` that run longer than ``limit`` seconds (or, with
+    ``limit_of``, than each entry's own limit; ``limit`` is then the shortest); runs until
+    cancelled."""
     tick = min(1.0, limit / 10) if limit is not None else 1.0
     while True:
         await anyio.sleep(tick)
@@ -34,7 +37,11 @@ async def watchdog(pool: SlotPool, limit: float | None) -> None:
         if limit is None:
             continue
         for state in list(pool.states):
-            overdue = state.msg is not None and now - state.started >= limit
+            msg = state.msg
+            if msg is None:
+                continue
+            own = limit_of(msg.raw_fields) if limit_of is not None else limit
+            overdue = own is not None and now - state.started >= own
             if overdue and not state.timed_out and state.task is not None:
                 state.timed_out = True
                 state.task.cancel()
