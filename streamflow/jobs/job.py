@@ -205,6 +205,10 @@ class Job:
         status: JobStatus = self._source.run_sync(self.status)
         return status
 
+    def requeue_sync(self) -> bool:
+        """:meth:`requeue` for code without an event loop."""
+        return bool(self._source.run_sync(self.requeue))
+
     def cancel_sync(self, reason: str = "cancelled by request") -> bool:
         """:meth:`cancel` for code without an event loop."""
         return bool(self._source.run_sync(lambda: self.cancel(reason)))

@@ -7,9 +7,10 @@ publishing and running; everything here only calls ``self.jobs``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
 
-from ..policies import Retry
+from ..policies import Retention, Retry
 from .cron import CronSchedule, Every
 from .job import Job
 from .registry import (
@@ -24,14 +25,28 @@ from .task import Task
 
 __all__ = ["JobsMixin"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class JobsMixin:
     """``@app.task``, ``app.queue``, ``@app.cron``, ``@app.periodic``, ``app.job``."""
 
     jobs: Jobs  # set by the App
 
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
     def task(
-        self, func: Callable[..., Any] | None = None, *, queue: str = DEFAULT_QUEUE,
+        self, func: None = None, /, *, queue: str = DEFAULT_QUEUE, name: str | None = None,
+        timeout: float | None = DEFAULT_TASK_TIMEOUT, retry: Retry | None = None,
+        result_ttl: int = DEFAULT_RESULT_TTL, failure_ttl: int = DEFAULT_FAILURE_TTL,
+        threads: int | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, func: Callable[..., Any] | None = None, /, *, queue: str = DEFAULT_QUEUE,
         name: str | None = None, timeout: float | None = DEFAULT_TASK_TIMEOUT,
         retry: Retry | None = None, result_ttl: int = DEFAULT_RESULT_TTL,
         failure_ttl: int = DEFAULT_FAILURE_TTL, threads: int | None = None,
@@ -57,6 +72,7 @@ class JobsMixin:
     def queue(
         self, name: str, *, stream: str | None = None, concurrency: int | None = None,
         threads: int | None = None, task_field: str | None = None, retry: Retry | None = None,
+        retention: Retention | None = None,
     ) -> QueueOptions:
         """Declare how queue ``name`` is consumed (call it before registering its tasks).
 
@@ -65,12 +81,16 @@ class JobsMixin:
         (default ``min(32, cores + 4)``) the threads its sync tasks share. With
         ``task_field``, entries written by other producers in the style ``XADD tasks *
         task_type calculate_square number 4`` are jobs too: that field names the task and
-        the other fields are its keyword arguments.
+        the other fields are its keyword arguments. ``retention`` (default: the last 1,000
+        entries) is how much of the stream is kept of jobs that ran; it never trims an
+        entry a worker still needs.
         """
         return self.jobs.queue(name, stream=stream, concurrency=concurrency,
-                               threads=threads, task_field=task_field, retry=retry)
+                               threads=threads, task_field=task_field, retry=retry,
+                               retention=retention)
 
-    def cron(self, expression: str, *, tz: Any = None, **task_options: Any) -> Any:
+    def cron(self, expression: str, *, tz: Any = None, **task_options: Any
+             ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function (no arguments) run at each tick of a cron ``expression``.
 
         Exactly one run per tick whatever the number of workers; see
@@ -79,20 +99,21 @@ class JobsMixin:
         """
         schedule = CronSchedule.parse(expression, tz)
 
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            t: Task[Any, Any] = self.task(f, **task_options)
+        def decorate(f: Callable[P, R]) -> Task[P, R]:
+            t: Task[P, R] = self.task(**task_options)(f)
             self.jobs.add_periodic(t, schedule)
             return t
 
         return decorate
 
-    def periodic(self, *, every: Any, **task_options: Any) -> Any:
+    def periodic(self, *, every: float | timedelta | Every, **task_options: Any
+                 ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function (no arguments) run every ``every`` (seconds or a timedelta),
         on ticks aligned to the Unix epoch; like :meth:`cron` otherwise."""
         schedule = every if isinstance(every, Every) else Every(every)
 
-        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
-            t: Task[Any, Any] = self.task(f, **task_options)
+        def decorate(f: Callable[P, R]) -> Task[P, R]:
+            t: Task[P, R] = self.task(**task_options)(f)
             self.jobs.add_periodic(t, schedule)
             return t
 

@@ -21,7 +21,7 @@ from ..config import Settings, validate_name
 from ..connection import Connection
 from ..errors import ConfigError
 from ..keys import JOBS_GROUP, QUEUES_KEY, queue_stream
-from ..policies import Retry
+from ..policies import Retention, Retry
 from ..spec import HandlerSpec, Service
 from .bridge import SyncBridge
 from .cron import CronSchedule, Every
@@ -41,6 +41,8 @@ DEFAULT_RESULT_TTL = 3600  # a succeeded job's state and result: one hour
 DEFAULT_FAILURE_TTL = 7 * 86400  # a failed or cancelled job's state: a week
 DEFAULT_QUEUED_TTL = 30 * 86400  # a waiting job's state (and its dedup id): 30 days
 DEFAULT_TASK_TIMEOUT = 180.0
+#: What a queue's stream keeps of the entries of jobs that ran (their states are the hashes).
+DEFAULT_RETENTION = Retention(max_len=1000)
 
 
 def default_threads() -> int:
@@ -58,6 +60,8 @@ class QueueOptions:
     threads: int = field(default_factory=default_threads)  # lane for sync tasks
     task_field: str | None = None  # foreign entries: the field naming the task
     retry: Retry = field(default_factory=Retry)  # for entries naming no known task
+    # acked entries kept in the stream (never trims what a worker still needs)
+    retention: Retention | None = field(default_factory=lambda: DEFAULT_RETENTION)
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class Jobs:
 
     def queue(self, name: str, *, stream: str | None = None, concurrency: int | None = None,
               threads: int | None = None, task_field: str | None = None,
-              retry: Retry | None = None) -> QueueOptions:
+              retry: Retry | None = None, retention: Retention | None = None) -> QueueOptions:
         """Declare (or change, before any task is on it) how queue ``name`` is consumed."""
         validate_name("queue", name)
         if stream is not None:
@@ -113,7 +117,8 @@ class Jobs:
         opts = old.options if old is not None else QueueOptions(name, stream or queue_stream(name))
         changes: dict[str, Any] = {k: v for k, v in {"stream": stream, "concurrency": concurrency,
                                       "threads": threads, "task_field": task_field,
-                                      "retry": retry}.items() if v is not None}
+                                      "retry": retry, "retention": retention}.items()
+                                      if v is not None}
         opts = replace(opts, **changes)
         for other in self._queues.values():
             if other.options.name != name and other.options.stream == opts.stream:
@@ -215,7 +220,7 @@ class Jobs:
                            concurrency=q.options.concurrency,
                            timeout=min(limits) if limits else None, retry=floor,
                            retry_of=runner.retry_of, timeout_of=runner.timeout_of,
-                           completion=runner)
+                           completion=runner, retention=q.options.retention)
 
     def services(self) -> list[Service]:
         """The job service, when there is a queue with tasks."""

@@ -213,15 +213,18 @@ return {n, nxt[2] or false, now}
 #: KEYS[1] the stream key the entries are pending in, KEYS[2..] their job hashes.
 #: ARGV[1] group, [2] worker; then 8 per job: entry id, outcome ('succeeded' or
 #: 'discard'), result JSON, started ms, attempt, task, job id, result ttl.
-#: Returns how many entries were acked.
+#: Returns how many entries were acked (or had been, by a cancel).
 FINISH = _LIB + """
 local now = now_ms()
 local acked = 0
 for i = 2, #KEYS do
   local b = 3 + (i - 2) * 8
   local eid = ARGV[b]
-  if redis.call('XACK', KEYS[1], ARGV[1], eid) == 1 then
+  local n = redis.call('XACK', KEYS[1], ARGV[1], eid)
+  if n == 1 or ARGV[b + 1] == 'discard' then  -- (a cancelled job's entry: acked by CANCEL)
     acked = acked + 1
+  end
+  if n == 1 then
     local h = KEYS[i]
     local st = redis.call('HGET', h, 'status')
     if ARGV[b + 1] == 'succeeded' and st ~= 'succeeded' and st ~= 'cancelled' then

@@ -11,7 +11,9 @@
     job = await count_words.enqueue_call(("text",), job_id="order-7", depends_on=[other])
     count_words("here")                                   # a plain call, in this process
 
-``enqueue`` takes two options besides the function's arguments: ``job_id=`` (dedup:
+``enqueue`` takes two options besides the function's arguments (which is why it is typed
+with ``Any``: the arguments are checked against the function when it is called, and a
+mismatch is an :class:`~streamflow.errors.EnqueueError`): ``job_id=`` (dedup:
 while a job with that id exists, enqueueing it again returns that job and runs nothing)
 and ``depends_on=`` (jobs that must succeed first). A function with a parameter of
 either name gets it as an argument; use :meth:`Task.enqueue_call` for the options then.
@@ -92,17 +94,17 @@ class Task(Generic[P, R]):
 
     # -- enqueueing -------------------------------------------------------------------------
 
-    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    async def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue ``func(*args, **kwargs)``; returns its :class:`Job` at once."""
         a, k, opts = self._split(args, kwargs)
         return await self.enqueue_call(a, k, **opts)
 
-    async def enqueue_in(self, delay: Delay, *args: P.args, **kwargs: P.kwargs) -> Job:
+    async def enqueue_in(self, delay: Delay, *args: Any, **kwargs: Any) -> Job:
         """Enqueue the call to run ``delay`` (seconds or a timedelta) from now."""
         a, k, opts = self._split(args, kwargs)
         return await self.enqueue_call(a, k, delay=delay, **opts)
 
-    async def enqueue_at(self, when: datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
+    async def enqueue_at(self, when: datetime, *args: Any, **kwargs: Any) -> Job:
         """Enqueue the call to run at ``when`` (an aware datetime; naive means UTC)."""
         a, k, opts = self._split(args, kwargs)
         return await self.enqueue_call(a, k, at=when, **opts)
@@ -147,10 +149,20 @@ class Task(Generic[P, R]):
             await pipe.aclose()
         return jobs
 
-    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    def enqueue_sync(self, *args: Any, **kwargs: Any) -> Job:
         """:meth:`enqueue` for code without an event loop (Flask, Django, a script)."""
         a, k, opts = self._split(args, kwargs)
         return self.enqueue_call_sync(a, k, **opts)
+
+    def enqueue_in_sync(self, delay: Delay, *args: Any, **kwargs: Any) -> Job:
+        """:meth:`enqueue_in` for code without an event loop."""
+        a, k, opts = self._split(args, kwargs)
+        return self.enqueue_call_sync(a, k, delay=delay, **opts)
+
+    def enqueue_at_sync(self, when: datetime, *args: Any, **kwargs: Any) -> Job:
+        """:meth:`enqueue_at` for code without an event loop."""
+        a, k, opts = self._split(args, kwargs)
+        return self.enqueue_call_sync(a, k, at=when, **opts)
 
     def enqueue_call_sync(self, args: Sequence[Any] = (),
                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> Job:

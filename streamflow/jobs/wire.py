@@ -126,13 +126,17 @@ def encode_call(
     except TypeError as exc:
         raise EnqueueError(f"{sig.name}{sig.signature}: {exc}") from None
     try:
-        return encode_json(list(args), max_bytes), encode_json(dict(kwargs), max_bytes)
+        a, k = encode_json(list(args), max_bytes), encode_json(dict(kwargs), max_bytes)
     except PayloadError as exc:
         for i, value in enumerate(args):
             _check_value(sig.name, f"argument {i + 1}", value, max_bytes)
         for key, value in kwargs.items():
             _check_value(sig.name, f"argument {key}=", value, max_bytes)
         raise EnqueueError(f"{sig.name}: {exc}") from None
+    if len(a) + len(k) > max_bytes:
+        raise EnqueueError(f"{sig.name}: its arguments are {len(a) + len(k)} bytes of JSON, "
+                           f"more than max_payload_bytes={max_bytes}")
+    return a, k
 
 
 def _check_value(task: str, where: str, value: Any, max_bytes: int) -> None:
@@ -173,17 +177,20 @@ def decode_call(
     size = 0
     for i in range(0, len(raw) - 1, 2):
         field, value = raw[i], raw[i + 1]
-        size += len(field) + len(value)
         if field == TASK:
             task = value
         elif field == JOB:
             job = value
         elif field == ARGS:
             args = value
+            size += len(value)
         elif field == KWARGS:
             kwargs = value
-    if size > max_bytes:
-        raise BadJob(f"entry is larger than max_payload_bytes={max_bytes}")
+            size += len(value)
+        else:
+            size += len(field) + len(value)
+    if size > max_bytes:  # the arguments (sf:args + sf:kwargs, or the foreign fields)
+        raise BadJob(f"its arguments are {size} bytes, more than max_payload_bytes={max_bytes}")
     if task is not None:
         name = task.decode(errors="replace")
         _signature(name, signatures)
