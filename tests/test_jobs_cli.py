@@ -185,7 +185,8 @@ async def test_an_unknown_id_is_a_clear_error_with_a_non_zero_exit(any_redis_url
 
 async def test_jobs_counts_every_status_and_lists_the_jobs_of_each(any_redis_url: str) -> None:
     """``jobs QUEUE`` counts queued (enqueued while no worker ran), scheduled, running,
-    retrying and failed jobs, and lists each one under its status, in JSON and as text."""
+    retrying and failed jobs, and lists each one under its status, in JSON and as text
+    (and ``job ID`` of the running one names its worker)."""
     url = any_redis_url
     release = anyio.Event()
     app = App(redis_url=url)
@@ -222,6 +223,7 @@ async def test_jobs_counts_every_status_and_lists_the_jobs_of_each(any_redis_url
             await wait_until(lambda: status_is(held, "started"), what="hold running")
             doc = await sf_json(url, "jobs", "default")
             text = (await sf(url, "jobs", "default")).stdout
+            held_text = (await sf(url, "job", "hold")).stdout
             release.set()
             assert await held.result(timeout=10) == "released"
     finally:
@@ -246,6 +248,9 @@ async def test_jobs_counts_every_status_and_lists_the_jobs_of_each(any_redis_url
     assert (dead["id"], dead["error_type"], dead["error"]) == ("boom", "ValueError", "boom")
     assert not any(lst["more"] for lst in lists.values())
 
+    assert (field_line(held_text, "status"), field_line(held_text, "worker")) == (
+        "started", worker.name)
+    assert field_line(held_text, "started").endswith("(its entry's last delivery or lease renewal)")
     lines = text.splitlines()
     assert lines[0] == f"queue default (stream {STREAM})"
     header = lines.index("QUEUED  SCHEDULED  RUNNING  RETRYING  FAILED")

@@ -280,7 +280,9 @@ def render_job(info: JobInfo, stream: str) -> str:
         ("args", _value(info.args)), ("kwargs", _value(info.kwargs)),
         ("attempts", "-" if info.attempt is None else info.attempt),
         ("worker", info.worker or "-"), ("enqueued", at(info.enqueued_at)),
-        ("scheduled for", at(info.scheduled_for)), ("started", at(info.started_at)),
+        ("scheduled for", at(info.scheduled_for)),
+        ("started", at(info.started_at) + ("  (its entry's last delivery or lease renewal)"
+                                            if info.status.value == "started" else "")),
         ("ended", at(info.ended_at)), ("entry", info.entry or "-"),
     ]
     if info.status.value == "succeeded":
