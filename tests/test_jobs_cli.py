@@ -24,7 +24,7 @@ import redis
 from streamflow import App, Retry
 from streamflow.admin.jobs import CANCEL_REASON, VALUE_OPTIONS, expand_shorthand
 from streamflow.cli import build_parser
-from streamflow.errors import JobFailed
+from streamflow.errors import JobFailed, JobNotFound
 from streamflow.jobs import Job
 from streamflow.keys import scheduled_key
 from streamflow.testing import running_worker, wait_until
@@ -153,8 +153,9 @@ async def test_job_without_queue_finds_the_queue_that_has_it(any_redis_url: str)
 
 
 async def test_an_unknown_id_is_a_clear_error_with_a_non_zero_exit(any_redis_url: str) -> None:
-    """``job``, ``jobs cancel`` and ``jobs requeue`` of an id no queue keeps exit 2 with one line
-    naming the id and the queues looked in (or saying none is registered)."""
+    """``job``, ``jobs cancel`` and ``jobs requeue`` of an id no queue keeps (a waiter's mark is
+    no job) exit 2 with one line naming the id and the queues looked in (or saying none is
+    registered)."""
     url = any_redis_url
     line = one_error_line(await sf(url, "job", "ghost"))
     assert line == ("streamflow: error: no job 'ghost' in any queue (none is registered in "
@@ -171,6 +172,13 @@ async def test_an_unknown_id_is_a_clear_error_with_a_non_zero_exit(any_redis_url
     async with app:
         await add.enqueue(1, 2)
         await send.enqueue("a@example.com")
+        with pytest.raises(JobNotFound):  # waiting for it leaves a waiter's mark, no job
+            await app.job("ghost", "emails").result(timeout=0.2)
+    c = redis.Redis.from_url(url)
+    try:
+        assert c.hkeys("streamflow:job:{emails}:ghost") == [b"waiting"]
+    finally:
+        c.close()
     for command in (["job"], ["jobs", "cancel"], ["jobs", "requeue"]):
         line = one_error_line(await sf(url, *command, "ghost"))
         assert line == ("streamflow: error: no job 'ghost' in any of the queues 'default', "
@@ -463,7 +471,7 @@ async def test_a_queue_named_like_a_subcommand_is_given_with_queue(any_redis_url
 
 async def test_a_job_no_worker_has_read_yet_can_be_cancelled(any_redis_url: str) -> None:
     """A queued job of a queue whose group no worker created yet is cancelled by ``Job.cancel()``
-    and by ``jobs cancel ID``, its entry deleted (the CANCEL script used to fail with NOGROUP)."""
+    and by ``jobs cancel ID``, its entry deleted (the CANCEL script once failed with NOGROUP)."""
     url = any_redis_url
     app = App(redis_url=url)
 

@@ -4,7 +4,7 @@
     One job (:meth:`Job.info <streamflow.jobs.Job.info>`): status, task, arguments,
     attempts, worker, times, and the result (succeeded), error type, message and
     traceback (failed) or reason (cancelled). Without ``--queue`` the id is looked up in
-    every queue of ``streamflow:queues`` (one EXISTS per queue); the output names it.
+    every queue of ``streamflow:queues`` (one HEXISTS per queue); the output names it.
 
 ``streamflow jobs QUEUE [--status S] [--limit N]`` (short for ``jobs list QUEUE``)
     The counts per status and the first few jobs of each; with ``--status`` up to
@@ -109,7 +109,7 @@ async def find_job(client: Any, job_id: str, queue: str | None) -> Job:
         raise JobNotFound(job_id, f"any queue (none is registered in {QUEUES_KEY})")
     pipe = client.pipeline(transaction=False)
     for stream in queues.values():
-        pipe.execute_command("EXISTS", job_key(stream, job_id))
+        pipe.execute_command("HEXISTS", job_key(stream, job_id), "status")  # not a waiter's mark
     found = [q for q, n in zip(queues, await pipe.execute(), strict=True) if int(n)]
     if not found:
         where = (f"queue {queue!r}" if queue is not None
