@@ -1,4 +1,4 @@
-"""Command line: ``streamflow run``, ``info``, ``dlq list``, ``dlq replay``."""
+"""Command line: ``streamflow run``, ``info``, ``dlq list|replay``, ``job``, ``jobs``."""
 
 from __future__ import annotations
 
@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status. Errors print one line to stderr and exit 2."""
+    from .admin import expand_shorthand
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(expand_shorthand(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "run":
             return _run(args)

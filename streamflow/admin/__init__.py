@@ -1,4 +1,4 @@
-"""Operator commands: ``streamflow info`` and ``streamflow dlq list|replay``.
+"""Operator commands: ``streamflow info``, ``dlq list|replay``, ``job`` and ``jobs``.
 
 ``streamflow info [STREAM ...]``
     Streams (all keys of type stream when none are named, dead-letter streams
@@ -15,6 +15,11 @@
     from the dead-letter stream: one atomic script call (``scripts.REPLAY``) per record,
     so a record is never both replayed and kept, nor replayed twice.
 
+``streamflow job ID`` / ``streamflow jobs [list] QUEUE`` / ``jobs cancel|requeue ID``
+    One job, the jobs of a queue by status, cancelling and requeueing: see
+    :mod:`streamflow.admin.jobs` (``jobs QUEUE`` is short for ``jobs list QUEUE``; a
+    queue named ``cancel`` is ``jobs list cancel`` or ``jobs --queue cancel``).
+
 Every command takes ``--redis-url`` (default ``STREAMFLOW_REDIS_URL`` or
 ``redis://localhost:6379/0``) and ``--json`` (one JSON document on stdout). Passwords
 in URLs are never printed. The commands run synchronously: each call of a handler is
@@ -30,6 +35,8 @@ The package:
   from the consumer-name leases.
 * :mod:`~streamflow.admin.dlq`: the ``dlq`` commands; reading and replaying records is
   :mod:`streamflow.deadletter`'s.
+* :mod:`~streamflow.admin.jobs`: the ``job`` and ``jobs`` commands;
+  :mod:`~streamflow.admin.queues`: what they (and ``info``) read of the job queues.
 * :mod:`~streamflow.admin.render`: tables, durations, timestamps, JSON output.
 
 ``AdminError`` and ``UnknownStream`` are defined in :mod:`streamflow.errors` and
@@ -45,6 +52,15 @@ from ..cli_types import positive_int as _positive_int
 from ..errors import AdminError, UnknownStream
 from .dlq import cmd_dlq_list, cmd_dlq_replay
 from .info import cmd_info
+from .jobs import (
+    CANCEL_REASON,
+    STATUSES,
+    cmd_job,
+    cmd_jobs_cancel,
+    cmd_jobs_list,
+    cmd_jobs_requeue,
+    expand_shorthand,
+)
 
 __all__ = [
     "AdminError",
@@ -53,11 +69,17 @@ __all__ = [
     "cmd_dlq_list",
     "cmd_dlq_replay",
     "cmd_info",
+    "cmd_job",
+    "cmd_jobs_cancel",
+    "cmd_jobs_list",
+    "cmd_jobs_requeue",
+    "expand_shorthand",
 ]
 
 
 def add_admin_commands(sub: Any) -> None:
-    """Add ``info`` and ``dlq list|replay`` to the sub-command action of the ``streamflow`` parser."""
+    """Add ``info``, ``dlq list|replay``, ``job`` and ``jobs list|cancel|requeue`` to the
+    sub-command action of the ``streamflow`` parser."""
     common = argparse.ArgumentParser(add_help=False)
     opts = common.add_argument_group("connection and output")
     opts.add_argument(
@@ -115,3 +137,64 @@ def add_admin_commands(sub: Any) -> None:
     which.add_argument("--all", action="store_true",
                        help="every record of STREAM present when the command starts")
     rep.set_defaults(handler=cmd_dlq_replay)
+
+    _add_job_commands(sub, common)
+
+
+def _add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``job ID`` and ``jobs list|cancel|requeue`` (see :mod:`streamflow.admin.jobs`)."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--queue", metavar="QUEUE",
+                       help="the job's queue (default: look in every registered queue)")
+    job = sub.add_parser(
+        "job", parents=[where, common], help="show one job: status, arguments, result or error",
+        description="Show one job: status, task, arguments, attempts, worker, times, and its "
+        "result (succeeded), error and traceback (failed) or reason (cancelled). Exit status 2 "
+        "when no queue keeps a job with this id.",
+    )
+    job.add_argument("id", metavar="ID", help="the job id")
+    job.set_defaults(handler=cmd_job)
+
+    jobs = sub.add_parser(
+        "jobs", help="list a queue's jobs by status; cancel or requeue a job",
+        description="jobs QUEUE is short for jobs list QUEUE. A queue named list, cancel or "
+        "requeue is given as: jobs list cancel, or jobs --queue cancel.",
+    )
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    lst = jobs_sub.add_parser(
+        "list", parents=[common], allow_abbrev=False,
+        help="counts per status and the jobs of a queue (default command)",
+        description="Count the jobs of QUEUE per status (queued, scheduled, running, retrying, "
+        "failed) and show the first few of each, or with --status up to --limit jobs of one "
+        "status. Nothing is scanned: each status is read where it lives (stream, consumer "
+        "group, scheduled set, dead-letter stream).",
+    )
+    lst.add_argument("queue_name", nargs="?", metavar="QUEUE", help="the queue")
+    lst.add_argument("--queue", metavar="QUEUE",
+                     help="the queue (for a queue named list, cancel or requeue)")
+    lst.add_argument("--status", choices=STATUSES,
+                     help="only jobs of this status (started is running; succeeded and "
+                     "cancelled: among the last --limit entries workers took)")
+    lst.add_argument("--limit", type=_positive_int, default=20, metavar="N",
+                     help="read at most N jobs per status (default 20; 5 without --status)")
+    lst.set_defaults(handler=cmd_jobs_list)
+    cancel = jobs_sub.add_parser(
+        "cancel", parents=[where, common], allow_abbrev=False,
+        help="cancel a job that has not finished",
+        description="Cancel a queued, scheduled, running or retrying job: it never runs (again); "
+        "a running async task is cancelled at once, a running plain function runs to its end "
+        "and its result is discarded. Jobs that depend on it are cancelled too. Exit status "
+        "1 when the job had finished already.",
+    )
+    cancel.add_argument("id", metavar="ID", help="the job id")
+    cancel.add_argument("--reason", default=CANCEL_REASON, metavar="TEXT",
+                        help=f"stored as the job's reason (default {CANCEL_REASON!r})")
+    cancel.set_defaults(handler=cmd_jobs_cancel)
+    requeue = jobs_sub.add_parser(
+        "requeue", parents=[where, common], allow_abbrev=False,
+        help="run a failed or cancelled job again",
+        description="Run a failed or cancelled job again with the same arguments; its "
+        "attempts count from 1. Exit status 1 when the job was neither failed nor cancelled.",
+    )
+    requeue.add_argument("id", metavar="ID", help="the job id")
+    requeue.set_defaults(handler=cmd_jobs_requeue)

@@ -5,7 +5,8 @@
 :func:`cmd_info` is the command. Dead-letter streams are found by
 :func:`streamflow.keys.dead_letter_stream` (the default naming: ``<stream>:dlq``) and
 shown with their stream, not as streams of their own. Whether a consumer is live or
-stopped, and when parked retries are due, comes from :mod:`~streamflow.admin.liveness`.
+stopped, and when parked retries are due, comes from :mod:`~streamflow.admin.liveness`;
+the job counts of each registered queue from :func:`~streamflow.admin.queues.collect_queues`.
 
 Without stream names, ``info`` lists the server's streams with ``SCAN``. A Redis user
 restricted to some keys (see ``docs/security.md``) may not be allowed to: ``info`` then
@@ -33,7 +34,8 @@ from ..keys import (
     replayed_from,
 )
 from .liveness import RetryInfo, parked_retries, read_leases
-from .render import emit_json, render_info
+from .queues import QueuesReport, collect_queues
+from .render import emit_json, render_info, render_queues
 from .runner import redis_url, run
 
 __all__ = ["ConsumerInfo", "GroupInfo", "InfoReport", "StreamInfo", "cmd_info", "collect_info"]
@@ -337,10 +339,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     url = redis_url(args)
     streams: list[str] = list(args.streams or [])
 
-    async def work(client: Any, conn: Connection) -> tuple[str, InfoReport]:
-        return await _server_version(client), await collect_info(client, streams)
+    async def work(client: Any, conn: Connection) -> tuple[str, InfoReport, QueuesReport]:
+        report = await collect_info(client, streams)
+        queues = await collect_queues(client, report.streams if streams else None)
+        return await _server_version(client), report, queues
 
-    version, report = run(url, work)
+    version, report, queues = run(url, work)
     safe = redact_url(url)
     hint = NAME_STREAMS_HINT if report.hidden else None
     if args.json:
@@ -348,7 +352,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             "server": {"url": safe, "version": version},
             "streams": [s.to_json() for s in report.streams],
             "hidden_streams": report.hidden, "hint": hint,
+            "queues": [q.to_json() for q in queues.queues], "hidden_queues": queues.hidden,
+            "queues_note": queues.note,
         })
     else:
-        print(render_info(safe, version, report.streams, report.hidden, hint))
+        jobs = render_queues(queues)
+        print(render_info(safe, version, report.streams, report.hidden, hint)
+              + (f"\n\n{jobs}" if jobs else ""))
     return 0

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..deadletter import DeadLetter, ReplayResult
 
-if TYPE_CHECKING:  # only annotations: info.py imports this module to print
+if TYPE_CHECKING:  # only annotations: info.py and queues.py import this module to print
+    from ..jobs.state import JobInfo
     from .info import StreamInfo
     from .liveness import RetryInfo
+    from .queues import JobList, QueueCounts, QueuesReport
 
 __all__ = [
     "clean",
@@ -26,6 +28,9 @@ __all__ = [
     "iso",
     "record_json",
     "render_info",
+    "render_job",
+    "render_jobs",
+    "render_queues",
     "render_records",
     "render_replay",
     "table",
@@ -253,4 +258,112 @@ def render_replay(stream: str, dlq: str, result: ReplayResult) -> str:
         )
     for s in result.skipped:
         lines.append(f"skipped {s['dlq_id']}: {clean(s['reason'])}")
+    return "\n".join(lines)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def _value(value: Any) -> str:
+    """A job's argument or result as one line of JSON."""
+    return clean(json.dumps(value, ensure_ascii=False, default=repr))
+
+
+def render_job(info: JobInfo, stream: str) -> str:
+    """The text of ``streamflow job ID``: one field a line, then the result or the error."""
+    def at(value: datetime | None) -> str:
+        return iso(int(value.timestamp() * 1000)) if value is not None else "-"
+
+    lines = [f"job {clean(info.id)} in queue {clean(info.queue)} (stream {clean(stream)})", ""]
+    fields = [
+        ("status", info.status.value), ("task", info.task or "-"),
+        ("args", _value(info.args)), ("kwargs", _value(info.kwargs)),
+        ("attempts", "-" if info.attempt is None else info.attempt),
+        ("worker", info.worker or "-"), ("enqueued", at(info.enqueued_at)),
+        ("scheduled for", at(info.scheduled_for)),
+        ("started", at(info.started_at) + ("  (its entry's last delivery or lease renewal)"
+                                            if info.status.value == "started" else "")),
+        ("ended", at(info.ended_at)), ("entry", info.entry or "-"),
+    ]
+    if info.status.value == "succeeded":
+        fields.append(("result", _value(info.result)))
+    elif info.error_type or info.error:
+        fields.append(("error", f"{info.error_type or 'Error'}: {info.error or ''}"))
+    if info.reason:
+        fields.append(("reason", info.reason))
+    width = max(len(name) for name, _ in fields) + 2
+    lines += [f"{name.ljust(width)}{clean(str(value))}" for name, value in fields]
+    if info.traceback:
+        lines += ["", "traceback:"] + ["  " + clean(line) for line in info.traceback.splitlines()]
+    return "\n".join(lines)
+
+
+_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "queued": [("ENTRY", "entry"), ("ENQUEUED", "enqueued_at")],
+    "scheduled": [("DUE", "due_at"), ("IN", "due_in_ms"), ("ENQUEUED", "enqueued_at")],
+    "running": [("WORKER", "worker"), ("ATTEMPT", "attempt"), ("IDLE", "idle_ms")],
+    "retrying": [("ATTEMPTS", "attempt"), ("PARKED FOR", "idle_ms")],
+    "failed": [("ATTEMPTS", "attempt"), ("ERROR", "error"), ("FAILED AT", "ended_at")],
+    "succeeded": [("ATTEMPTS", "attempt"), ("WORKER", "worker"), ("ENDED", "ended_at")],
+    "cancelled": [("REASON", "reason"), ("ENDED", "ended_at")],
+}
+
+
+def _cell(job: dict[str, Any], key: str) -> str:
+    value = job.get(key)
+    if key.endswith("_ms"):
+        return duration(value) if value is not None else "-"
+    if key == "error":
+        return truncate(f"{job.get('error_type') or 'Error'}: {value or ''}", ERROR_WIDTH)
+    return "-" if value is None else str(value)
+
+
+def _job_table(jl: JobList) -> str:
+    cols = [("JOB ID", "id"), ("TASK", "task"), *_COLUMNS.get(jl.status, _COLUMNS["running"])]
+    return table([h for h, _ in cols], [[_cell(j, k) for _, k in cols] for j in jl.jobs])
+
+
+def render_jobs(counts: QueueCounts, lists: Sequence[JobList], limit: int, one: bool) -> str:
+    """The text of ``streamflow jobs QUEUE``: the counts, then a table per status."""
+    lines = [f"queue {clean(counts.queue)} (stream {clean(counts.stream)})", "",
+             _counts_table([counts], with_names=False)]
+    if counts.last_delivered_id is None:
+        lines.append("(no worker has read this queue yet)")
+    for jl in lists:
+        if not one and not jl.jobs and not jl.skipped:
+            continue
+        shown = f"{len(jl.jobs)} of {jl.total}" if jl.total is not None else str(len(jl.jobs))
+        lines += ["", f"{jl.status} ({shown}):"]
+        if jl.status in ("succeeded", "cancelled"):
+            lines[-1] = (f"{jl.status} among the last {jl.read} entries workers took "
+                         f"({len(jl.jobs)}):")
+        if jl.jobs:
+            lines.append(_job_table(jl))
+        if jl.skipped:
+            lines.append(f"({jl.skipped} dead-letter record(s) of jobs requeued since "
+                         "not shown)")
+        if jl.more and one:
+            lines.append(f"(more not shown; use --limit N above {limit})")
+    return "\n".join(lines)
+
+
+def _counts_table(queues: Sequence[QueueCounts], *, with_names: bool = True) -> str:
+    heads = ["QUEUED", "SCHEDULED", "RUNNING", "RETRYING", "FAILED"]
+    rows = [[c.queued if c.queued_exact else f"{c.queued}+", c.scheduled, c.running,
+             c.retrying, c.failed] for c in queues]
+    if with_names:
+        return table(["QUEUE", "STREAM", *heads],
+                     [[c.queue, c.stream, *r] for c, r in zip(queues, rows, strict=True)],
+                     right=range(2, 7))
+    return table(heads, rows, right=range(5))
+
+
+def render_queues(report: QueuesReport) -> str:
+    """The jobs part of ``streamflow info``: one line of counts per queue ('' if none)."""
+    lines = [_counts_table(report.queues)] if report.queues else []
+    if report.hidden:
+        lines.append(f"queues not shown: this Redis user may not read their keys "
+                     f"({', '.join(clean(q) for q in report.hidden)})")
+    if report.note:
+        lines.append(f"({report.note})")
     return "\n".join(lines)
