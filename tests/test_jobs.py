@@ -136,6 +136,7 @@ async def test_failed_job_raises_its_error_after_its_own_retries(any_redis_url: 
     assert failed.value.error_type == "ValueError" and failed.value.error == "bad input"
     assert "raise ValueError" in failed.value.traceback
     assert info.status is JobStatus.FAILED and info.attempt == 3
+    assert info.started_at is not None and info.ended_at is not None
     assert dlq == 2
 
 

@@ -84,6 +84,8 @@ class QueueRunner:
         self.records: dict[bytes, tuple[str, str, bytes, int, int, str, str, int]] = {}
         self.running: dict[str, asyncio.Task[Any] | None] = {}  # job id -> its slot's task
         self._cancelling: set[str] = set()  # running jobs cancel() was called for
+        # entry id -> when its last attempt here started (ms), for a failure's record
+        self._started: dict[bytes, int] = {}
         self.cancelled: dict[str, float] = {}  # job id -> when its cancel arrived
         self.__name__ = f"queue:{queue}"  # for logs that name the handler
         self.__qualname__ = self.__name__
@@ -107,6 +109,10 @@ class QueueRunner:
         current = asyncio.current_task()
         running = self.running
         running[jid] = current
+        starts = self._started
+        if len(starts) >= CANCELLED_KEPT:  # attempts that failed here and ran elsewhere next
+            starts.clear()
+        starts[msg.raw_id] = started
         try:
             if task.lane is None:  # (its timeout is the runtime watchdog's: timeout_of)
                 try:
@@ -130,10 +136,12 @@ class QueueRunner:
                 raise  # also cancelled for another reason (timeout, shutdown)
             log.info("job_cancelled", queue=self.queue, task=task.name, job_id=jid,
                      stream=msg.stream, message_id=msg.id, attempt=msg.attempt)
+            starts.pop(msg.raw_id, None)
             self._record(msg, job_key(msg.stream, jid), "discard", b"", started, task, jid)
             return
         finally:
             running.pop(jid, None)
+        starts.pop(msg.raw_id, None)
         try:
             data = encode_json(result, self.max_payload_bytes)
         except PayloadError as exc:
@@ -221,6 +229,6 @@ class QueueRunner:
         await client.eval(
             scripts.FAIL, 1, job_key(msg.stream, job_id), job_id, name, error_type, error,
             traceback[-TRACEBACK_CHARS:], msg.attempt, consumer, ttl, msg.raw_id, msg.stream,
-            args, kwargs, "")
+            args, kwargs, self._started.pop(msg.raw_id, ""))
         log.error("job_failed", queue=self.queue, task=name, job_id=job_id, stream=msg.stream,
                   message_id=msg.id, attempt=msg.attempt, error_type=error_type, error=error)

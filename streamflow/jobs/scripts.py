@@ -284,7 +284,13 @@ if st == 'scheduled' then
   redis.call('ZREM', KEYS[3], f[3])
 elseif st == 'queued' and f[2] then
   local p = redis.pcall('XPENDING', KEYS[2], ARGV[1], f[2], f[2], 1)
-  if type(p) == 'table' and p.err then p = {} end  -- NOGROUP: no worker read the queue yet
+  if type(p) == 'table' and p.err then
+    if string.find(p.err, 'NOGROUP', 1, true) then
+      p = {}  -- no worker has read the queue yet: the entry is not pending anywhere
+    else
+      return redis.error_reply(p.err)
+    end
+  end
   if #p == 1 then
     redis.call('XACK', KEYS[2], ARGV[1], f[2])
     redis.call('PUBLISH', ARGV[3], f[3])
