@@ -39,16 +39,20 @@ app = App(redis_url=os.environ.get(ENV_URL))
 
 if hasattr(App, "task"):  # the jobs API (jobs.py does not import this module without it)
 
-    @app.task(queue=QUEUES["noop"], concurrency=CONCURRENCY or 1000)
+    app.queue(QUEUES["noop"], concurrency=CONCURRENCY or 1000)
+    app.queue(QUEUES["sleep"], concurrency=CONCURRENCY or 100)
+    app.queue(QUEUES["sync"], concurrency=THREADS, threads=THREADS)
+
+    @app.task(queue=QUEUES["noop"])
     async def noop() -> None:
         mark()
 
-    @app.task(queue=QUEUES["sleep"], concurrency=CONCURRENCY or 100)
+    @app.task(queue=QUEUES["sleep"])
     async def async_sleep() -> None:
         mark()
         await asyncio.sleep(SLEEP_S)
 
-    @app.task(queue=QUEUES["sync"], threads=THREADS, concurrency=THREADS)
+    @app.task(queue=QUEUES["sync"])
     def sync_sleep() -> None:
         mark()
         time.sleep(SLEEP_S)
