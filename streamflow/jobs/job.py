@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..codec import loads
 from ..errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
@@ -26,7 +26,7 @@ from ..keys import (
     scheduled_key,
 )
 from . import scripts
-from .state import FINAL, JobInfo, JobStatus, ms_to_datetime, text
+from .state import JobInfo, JobStatus, ms_to_datetime, text
 
 __all__ = ["Job", "JobSource"]
 
@@ -125,13 +125,10 @@ class Job:
         """
         client = await self._source.client()
         mark_ttl = 86400 if timeout is None else int(timeout) + 60
-        prep = await client.eval(scripts.WAIT_PREP, 1, self.key, mark_ttl)
-        status, payload = text(prep[0]) or "", prep[1]
-        if status and JobStatus(status) in FINAL:
-            return await self._outcome(client, status, payload)
         deadline = None if timeout is None else time.monotonic() + timeout
         done = job_done_key(self.key)
         chunk = self._source.block_chunk
+        prepared = False
         while True:
             wait = chunk
             if deadline is not None:
@@ -141,7 +138,24 @@ class Job:
                     if not now:  # no state at all: never enqueued (or expired)
                         raise JobNotFound(self.id, f"queue {self.queue!r}")
                     raise ResultTimeout(self.id, float(timeout or 0), now)
-            got = await client.execute_command("BLMOVE", done, done, "RIGHT", "LEFT", f"{wait:.3f}")
+            block = ["BLMOVE", done, done, "RIGHT", "LEFT", f"{wait:.3f}"]
+            if prepared:
+                got = await client.execute_command(*block)
+            else:
+                # One round trip: mark the job awaited (or, finished, push its outcome), then
+                # block until the outcome is on the :done list.
+                pipe = client.pipeline(transaction=False)
+                pipe.evalsha(scripts.sha(scripts.WAIT_PREP), 1, self.key, mark_ttl)
+                pipe.execute_command(*block)
+                prep, got = await pipe.execute(raise_on_error=False)
+                if isinstance(prep, NoScriptError):
+                    await client.execute_command("SCRIPT", "LOAD", scripts.WAIT_PREP)
+                    continue
+                if isinstance(prep, Exception):
+                    raise prep
+                if isinstance(got, Exception):
+                    raise got
+                prepared = True
             if got:
                 head, _, payload = bytes(got).partition(b"\n")
                 return await self._outcome(client, head.decode(), payload)

@@ -306,13 +306,22 @@ cascade(h, now, 'was cancelled')
 return {'cancelled', was}
 """
 
-#: Before waiting for a result: the job's status and result if it finished, else mark it
-#: awaited (so its worker pushes to the :done list). A job with no state yet (written by a
-#: producer that keeps none, e.g. a plain XADD) gets the mark alone, living ARGV[1]
-#: seconds. KEYS[1] job hash. Returns {status or '', result or ''}.
+#: Before waiting for a result: mark the job awaited, so its worker pushes the outcome to
+#: its :done list; for a job that finished already, push the outcome now. Either way the
+#: BLMOVE sent in the same round trip right after this script returns when the outcome is
+#: there. A job with no state yet (written by a producer that keeps none, e.g. a plain
+#: XADD) gets the mark alone, living ARGV[1] seconds. KEYS[1] job hash.
+#: Returns {status or '', result or ''}.
 WAIT_PREP = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'result')
 if f[1] == 'succeeded' or f[1] == 'failed' or f[1] == 'cancelled' then
+  local done = KEYS[1] .. ':done'
+  if redis.call('EXISTS', done) == 0 then
+    redis.call('RPUSH', done, f[1] .. '\\n' .. (f[2] or ''))
+    local ttl = redis.call('TTL', KEYS[1])
+    if ttl < 1 then ttl = 60 end
+    redis.call('EXPIRE', done, ttl)
+  end
   return {f[1], f[2] or ''}
 end
 redis.call('HSET', KEYS[1], 'waiting', '1')
