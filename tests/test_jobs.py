@@ -367,3 +367,26 @@ async def test_job_entry_layout_is_documented_format(redis_url: str) -> None:
                       b"sf:args": b'["world"]', b"sf:kwargs": b'{"punct":"?"}'}
     assert state[b"status"] == b"queued" and state[b"task"] == b"hello"
     assert groups == [] and JOBS_GROUP == "streamflow:jobs"
+
+
+async def test_first_result_on_a_fresh_server_is_immediate(redis_url: str) -> None:
+    """result() of a finished job returns at once even when the server has never seen the
+    wait script (it used to block a whole wait chunk after a NOSCRIPT)."""
+    app = App(redis_url=redis_url)
+
+    @app.task
+    async def one() -> int:
+        return 1
+
+    async with running_worker(app, redis_url):
+        job = await one.enqueue()
+        assert await job.result(timeout=10) == 1
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    started = time.monotonic()
+    assert await job.result(timeout=5) == 1
+    assert time.monotonic() - started < 1
+    await app.aclose()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ..codec import loads
 from ..errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
@@ -144,13 +144,11 @@ class Job:
             else:
                 # One round trip: mark the job awaited (or, finished, push its outcome), then
                 # block until the outcome is on the :done list.
+                # (EVAL, not EVALSHA: after a NOSCRIPT the BLMOVE would block for nothing.)
                 pipe = client.pipeline(transaction=False)
-                pipe.evalsha(scripts.sha(scripts.WAIT_PREP), 1, self.key, mark_ttl)
+                pipe.eval(scripts.WAIT_PREP, 1, self.key, mark_ttl)
                 pipe.execute_command(*block)
                 prep, got = await pipe.execute(raise_on_error=False)
-                if isinstance(prep, NoScriptError):
-                    await client.execute_command("SCRIPT", "LOAD", scripts.WAIT_PREP)
-                    continue
                 if isinstance(prep, Exception):
                     raise prep
                 if isinstance(got, Exception):
