@@ -52,8 +52,9 @@ class Completion(Protocol):
     def ack_command(self, key: str, group: str, consumer: str, ids: list[bytes]) -> list[Any]:
         """One command that acks ``ids`` (pending in ``key``); its reply counts those acked."""
 
-    def acked(self, ids: list[bytes]) -> None:
-        """``ids`` were sent and confirmed: forget what was kept for them."""
+    def acked(self, ids: list[bytes], reply: Any) -> bool:
+        """``ids`` were sent and ``reply`` came back (a count, or an error): forget what was
+        kept for them, or return True to have them sent again with the next batch."""
 
     async def dead_lettered(
         self, client: Any, msg: Message, *, consumer: str, error_type: str, error: str,

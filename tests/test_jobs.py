@@ -390,3 +390,24 @@ async def test_first_result_on_a_fresh_server_is_immediate(redis_url: str) -> No
     assert await job.result(timeout=5) == 1
     assert time.monotonic() - started < 1
     await app.aclose()
+
+
+async def test_results_survive_a_script_flush(redis_url: str) -> None:
+    """FINISH goes by digest once loaded; after the server forgot its scripts (SCRIPT FLUSH,
+    as after a restart) the batch is sent again in full and the results are stored."""
+    app = App(redis_url=redis_url)
+
+    @app.task
+    async def echo(n: int) -> int:
+        return n
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with running_worker(app, redis_url) as worker:
+            assert [await (await echo.enqueue(i)).result(timeout=10) for i in range(3)] == [0, 1, 2]
+            await client.script_flush()
+            jobs = [await echo.enqueue(i) for i in range(20)]
+            assert [await j.result(timeout=10) for j in jobs] == list(range(20))
+            assert worker.stats().unacked == 0
+    finally:
+        await client.aclose()

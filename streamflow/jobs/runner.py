@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from redis.exceptions import NoScriptError
 
 from ..codec import encode_json
 from ..errors import BadJob, PayloadError
@@ -86,6 +87,8 @@ class QueueRunner:
         self._cancelling: set[str] = set()  # running jobs cancel() was called for
         # entry id -> when its last attempt here started (ms), for a failure's record
         self._started: dict[bytes, int] = {}
+        self._finish_sha = scripts.sha(scripts.FINISH)
+        self._finish_loaded = False  # True once a FINISH was sent in full (by EVAL)
         self.cancelled: dict[str, float] = {}  # job id -> when its cancel arrived
         self.__name__ = f"queue:{queue}"  # for logs that name the handler
         self.__qualname__ = self.__name__
@@ -202,13 +205,21 @@ class QueueRunner:
             else:
                 keys.append(rec[0])
                 argv += [raw_id, *rec[1:]]
+        if self._finish_loaded:
+            return ["EVALSHA", self._finish_sha, len(keys) + 1, key, *keys, *argv]
+        self._finish_loaded = True  # EVAL caches the script: the next batches go by digest
         return ["EVAL", scripts.FINISH, len(keys) + 1, key, *keys, *argv]
 
-    def acked(self, ids: list[bytes]) -> None:
-        """Forget the records of ``ids`` (their FINISH was sent)."""
+    def acked(self, ids: list[bytes], reply: Any) -> bool:
+        """Forget the records of ``ids`` (their FINISH was sent); after a NOSCRIPT (a new or
+        restarted server) keep them, and send the next FINISH in full."""
+        if isinstance(reply, NoScriptError):
+            self._finish_loaded = False
+            return True
         records = self.records
         for raw_id in ids:
             records.pop(raw_id, None)
+        return False
 
     async def dead_lettered(self, client: Any, msg: Message, *, consumer: str,
                             error_type: str, error: str, traceback: str) -> None:

@@ -97,8 +97,9 @@ class AckBuffer:
         self.flushes += 1
         for ((stream, group), ids), result in zip(batch.items(), results, strict=True):
             completion = self._completions.get((stream, group))
-            if completion is not None:
-                completion[0].acked(ids)  # sent: acked now, or pending until redelivered
+            if completion is not None and completion[0].acked(ids, result):
+                self.put_back({(stream, group): ids})  # e.g. NOSCRIPT: sent again, in full
+                continue
             if isinstance(result, Exception):
                 log.error("xack_failed", stream=stream, group=group, ids=len(ids), error=str(result))
                 continue

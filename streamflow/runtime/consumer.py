@@ -105,6 +105,9 @@ class Consumer:
             consumer=self.name,
             block_ms=settings.block_ms, batch=batch,
             max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
+            # A job queue's handlers are slow next to a read: a read waits for a twentieth
+            # of the slots, not half a batch, so slots do not idle waiting for company.
+            least=max(1, self.concurrency // 20) if spec.completion is not None else None,
         )
         self.reclaimer = Reclaimer(
             client, spec, pool=self.pool, claims=self.claims, groups=self.groups,

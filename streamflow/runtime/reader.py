@@ -37,6 +37,7 @@ class Reader:
         self, client: Any, *, pool: SlotPool, acker: AckBuffer, groups: Groups,
         origin: dict[str, str], consumer: str, block_ms: int, batch: int,
         max_payload_bytes: int, counters: Counters, stop: StopSignal, log: Any,
+        least: int | None = None,
     ) -> None:
         self.client = client  # each loop takes its own connection from this client's pool
         self.pool = pool  # where entries go; reserve() bounds every read
@@ -45,6 +46,8 @@ class Reader:
         self.consumer = consumer
         self.block_ms = block_ms
         self.batch = batch  # most entries one loop asks for in one read
+        # fewest free slots a read waits for (None: half of what it asks for)
+        self.least = least
         self.max_payload_bytes = max_payload_bytes
         self.counters = counters  # reads, read_passes
         self.stop = stop
@@ -66,7 +69,8 @@ class Reader:
         self.log.debug("read_loop_started", batch=batch, block_ms=self.block_ms)
         try:
             while True:
-                count = await pool.reserve(want, max(1, want // 2))
+                least = self.least if self.least is not None else want // 2
+                count = await pool.reserve(want, max(1, min(least, want)))
                 if not count:
                     return
                 if groups.version != version:  # a deferred group was created meanwhile
