@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import ssl
@@ -11,7 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, AbstractConnection
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,6 +30,15 @@ _PASSWORD_RE = re.compile(
 # ``?password=...`` / ``&password=...`` query options (redis-py accepts them too).
 _QUERY_PASSWORD_RE = re.compile(
     r"(?P<key>[?&;](?:password|passwd|pass|ssl_password)=)(?P<pw>[^&#\s\"']*)", re.IGNORECASE
+)
+
+# redis-py (5.0+) sends CLIENT SETINFO LIB-NAME and LIB-VER on each new connection unless
+# told not to; Redis 7.2+ and Valkey refuse it to a least-privilege user and log each
+# refusal in ACL LOG. redis-py 8 takes driver_info=None, older ones lib_name/lib_version.
+_NO_CLIENT_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
 )
 
 #: ``rediss://`` URL query options for TLS. ``ssl_check_hostname`` defaults to true.
@@ -253,6 +263,7 @@ class Connection:
             "socket_connect_timeout": self.connect_timeout,
             "health_check_interval": 30,
             "retry_on_timeout": False,
+            **_NO_CLIENT_SETINFO,
         }
         parts, query, tls = _split_query(url)
         if parts.scheme.lower() != "unix":

@@ -13,7 +13,9 @@ ACLs before it executes a command, so each probe is written so that it *fails
 harmlessly* when permitted (an invalid id or argument, or a read) and fails with
 ``NOPERM`` when not. A missing permission therefore stops the worker at start-up
 with one line naming the command and the key, instead of failing later on the first
-retry or dead letter. ``ACL DRYRUN`` is not used: it needs admin rights.
+retry or dead letter. ``ACL DRYRUN`` is not used: it needs admin rights. A job queue's
+worker is also probed for what its job scripts, delayed jobs, queue registry and cancel
+listener use (:func:`job_probes`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import redact_url
 from .errors import PermissionDenied, ServerUnavailable
-from .keys import consumer_leases_key, replay_stream
+from .keys import (
+    CANCEL_CHANNEL,
+    JOBS_GROUP,
+    QUEUES_KEY,
+    consumer_leases_key,
+    job_dependents_key,
+    job_key,
+    replay_stream,
+    scheduled_key,
+)
 
 if TYPE_CHECKING:
     from .spec import HandlerSpec
@@ -43,6 +54,7 @@ __all__ = [
     "Probe",
     "acl_rules",
     "check_permissions",
+    "job_probes",
     "worker_keys",
     "worker_probes",
 ]
@@ -157,16 +169,82 @@ return denied
 
 _BAD_ID = "streamflow-permission-probe"  # not a stream id: commands stop before acting
 
+#: Asks about the commands of the job scripts that have no harmless form, on the keys
+#: they use them on: KEYS[1] stream, KEYS[2] a job hash (as FINISH declares them);
+#: ARGV[1] scheduled set, ARGV[2] cancel channel. Returns ``command\nkey\nreason``
+#: of each one denied.
+_JOB_PROBE_SCRIPT = """
+local denied = {}
+if redis.acl_check_cmd == nil then return denied end
+local h, z, ck = KEYS[2], ARGV[1], 'command or key not allowed'
+local function check(label, key, why, ...)
+  local ok, allowed = pcall(redis.acl_check_cmd, ...)
+  if ok and not allowed then denied[#denied + 1] = label .. '\\n' .. key .. '\\n' .. why end
+end
+check('HDEL', h, ck, 'HDEL', h, 'f')
+check('RPUSH', h .. ':done', ck, 'RPUSH', h .. ':done', 'x')
+check('DEL', h .. ':done', ck, 'DEL', h .. ':done')
+check('DEL', h .. ':dependents', ck, 'DEL', h .. ':dependents')
+check('ZREM', z, ck, 'ZREM', z, 'x')
+check('SUBSCRIBE', ARGV[2], 'command or channel not allowed', 'SUBSCRIBE', ARGV[2])
+return denied
+"""
 
-def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str) -> list[Probe]:
+_NO_SUCH_SCRIPT = "0" * 40  # EVALSHA of it: NOSCRIPT when allowed, nothing runs
+
+
+def job_probes(stream: str, *, periodic: bool = False) -> list[Probe]:
+    """Probes of what a worker of the job queue on ``stream`` does besides reading it.
+
+    The job scripts (``FINISH``, ``FAIL``, ``PROMOTE`` by ``EVALSHA``, and ``ENQUEUE``
+    for ``periodic`` tasks), each with the keys it declares; the commands they run on a
+    job hash (the key ``streamflow:job:{tag}:<id>``: no job has that id), its ``:done``
+    list and ``:dependents`` set, the scheduled set and the stream; ``HSET`` on the queue
+    registry and ``SUBSCRIBE`` to the cancel channel. Refused before acting: ``HSET``
+    with an odd argument count, ``HINCRBY`` and ``EXPIRE`` with a non-number, ``ZADD``
+    with ``NX XX``, ``XADD`` with id ``0-0``, ``EVALSHA`` of no script; the others read,
+    or are asked about (``_JOB_PROBE_SCRIPT``).
+    """
+    h, z = job_key(stream, "<id>"), scheduled_key(stream)
+    probes = [
+        Probe("XADD", stream, ("XADD", stream, "0-0", "probe", "")),
+        Probe("EVAL", f"{stream}, {h}",
+              ("EVAL", _JOB_PROBE_SCRIPT, 2, stream, h, z, CANCEL_CHANNEL)),
+        Probe("EVALSHA", z, ("EVALSHA", _NO_SUCH_SCRIPT, 1, z)),
+        Probe("EVAL", z, ("EVAL", "return 0", 1, z)),
+        Probe("HGET", h, ("HGET", h, "status")),
+        Probe("HMGET", h, ("HMGET", h, "status")),
+        Probe("HSET", h, ("HSET", h, "status", _BAD_ID, "odd")),
+        Probe("HINCRBY", h, ("HINCRBY", h, "deps_left", _BAD_ID)),
+        Probe("EXPIRE", h, ("EXPIRE", h, _BAD_ID)),
+        Probe("SMEMBERS", job_dependents_key(h), ("SMEMBERS", job_dependents_key(h))),
+        Probe("ZADD", z, ("ZADD", z, "NX", "XX", 0, _BAD_ID)),
+        Probe("ZRANGEBYSCORE", z, ("ZRANGEBYSCORE", z, "-inf", 0, "LIMIT", 0, 1)),
+        Probe("ZRANGE", z, ("ZRANGE", z, 0, 0)),
+        Probe("HSET", QUEUES_KEY, ("HSET", QUEUES_KEY, _BAD_ID, _BAD_ID, "odd")),
+        Probe("TIME", "", ("TIME",)),
+    ]
+    if periodic:  # ENQUEUE declares the stream, the job hash and the scheduled set
+        probes += [
+            Probe("EVALSHA", f"{stream}, {h}, {z}", ("EVALSHA", _NO_SUCH_SCRIPT, 3, stream, h, z)),
+            Probe("EVAL", f"{stream}, {h}, {z}", ("EVAL", "return 0", 3, stream, h, z)),
+        ]
+    return probes
+
+
+def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str,
+                  periodic: Iterable[str] = ()) -> list[Probe]:
     """The probes :func:`check_permissions` sends for a worker of ``handlers``.
 
     Each one is rejected before it changes anything: XGROUP CREATE, XREADGROUP and
     XACK get an invalid id, XCLAIM an invalid idle time, XADD the id ``0-0`` (refused
     before the key is created), XTRIM a negative MAXLEN; XPENDING, XRANGE, XINFO and
     XLEN only read. The script probe asks about XGROUP DELCONSUMER, MULTI and EXEC
-    without running them.
+    without running them. A job queue's stream (group ``streamflow:jobs``) adds
+    :func:`job_probes`, with those of ``ENQUEUE`` when it is in ``periodic`` (the streams
+    of the queues with periodic tasks).
     """
+    periodic = set(periodic)
     probes: list[Probe] = [Probe("PING", "", ("PING",))]
     seen: set[tuple[str, str]] = set()
     for spec in handlers:
@@ -186,6 +264,8 @@ def worker_probes(handlers: Iterable[HandlerSpec], consumer_name: str) -> list[P
                 Probe("HSET", lease, ("HSET", lease, consumer_name, _BAD_ID, "odd")),
                 Probe("EVAL", lease, ("EVAL", _LEASE_PROBE_SCRIPT, 1, lease)),
             ]
+            if group == JOBS_GROUP:
+                probes += job_probes(stream, periodic=stream in periodic)
     return probes
 
 
@@ -230,15 +310,17 @@ def _denied_reason(probe: Probe, reply: Any) -> str | None:
 
 
 async def check_permissions(
-    client: Any, handlers: Sequence[HandlerSpec], consumer_name: str
+    client: Any, handlers: Sequence[HandlerSpec], consumer_name: str,
+    periodic: Iterable[str] = (),
 ) -> None:
     """Raise :class:`PermissionDenied` unless the Redis user may run everything a worker needs.
 
     One pipelined round trip of harmless probes (see :func:`worker_probes`); on a
     server without ACLs, or with the default user, every probe passes. The error is one
-    line naming each missing ``COMMAND on 'key'`` and the user.
+    line naming each missing ``COMMAND on 'key'`` and the user. ``periodic``: the streams
+    of the job queues with periodic tasks.
     """
-    probes = worker_probes(handlers, consumer_name)
+    probes = worker_probes(handlers, consumer_name, periodic)
     pipe = client.pipeline(transaction=False)
     for probe in probes:
         pipe.execute_command(*probe.args)
@@ -254,9 +336,12 @@ async def check_permissions(
             missing.append((probe.command, probe.key, reason))
         elif probe.command == "EVAL" and isinstance(reply, list):
             for label in reply:
-                command = label.decode() if isinstance(label, bytes) else str(label)
-                key = "" if command in ("MULTI", "EXEC") else probe.key.split(", ")[0]
-                missing.append((command, key, "command not allowed"))
+                command, _, rest = (label.decode() if isinstance(label, bytes) else str(label)
+                                    ).partition("\n")
+                key, _, why = rest.partition("\n")  # (job probes name their key and reason)
+                if not rest:
+                    key = "" if command in ("MULTI", "EXEC") else probe.key.split(", ")[0]
+                missing.append((command, key, why or "command not allowed"))
     if not missing:
         return
     missing = list(dict.fromkeys(missing))

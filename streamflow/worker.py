@@ -149,7 +149,10 @@ class Worker:
         try:
             await conn.check()
             client = await conn.client()
-            await check_permissions(client, self.app.handlers, self.name)
+            # (the streams of job queues with periodic tasks: their workers enqueue ticks)
+            periodic = [p.task.stream for p in getattr(getattr(self.app, "jobs", None),
+                                                       "periodic", ())]
+            await check_permissions(client, self.app.handlers, self.name, periodic)
             await warn_if_streams_can_be_evicted(client)
             if not await self._take_name(client):
                 return
