@@ -337,3 +337,22 @@ async def test_failed_dependency_cancels_dependents(redis_url: str) -> None:
         with pytest.raises(EnqueueError, match="no state"):
             await after.enqueue("x", depends_on="never-enqueued")
     assert ran == []
+
+
+async def test_dependencies_stay_within_a_hash_tag(redis_url: str) -> None:
+    """depends_on a job of a queue with another hash tag is refused at enqueue (one script
+    could not release it); queue names may not hold braces."""
+    app = App(redis_url=redis_url)
+
+    @app.task(queue="a")
+    async def first() -> None: ...
+
+    @app.task(queue="b")
+    async def second() -> None: ...
+
+    parent = await first.enqueue()
+    with pytest.raises(EnqueueError, match="another hash tag"):
+        await second.enqueue(depends_on=parent)
+    with pytest.raises(Exception, match="may not contain"):
+        app.queue("x}y")
+    await app.aclose()

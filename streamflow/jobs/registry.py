@@ -105,6 +105,9 @@ class Jobs:
               retry: Retry | None = None, retention: Retention | None = None) -> QueueOptions:
         """Declare (or change, before any task is on it) how queue ``name`` is consumed."""
         validate_name("queue", name)
+        if "{" in name or "}" in name:
+            raise ConfigError("queue", f"{name!r} may not contain {{ or }}: the queue name is "
+                              "its stream's hash tag")
         if stream is not None:
             validate_name("queue stream", stream)
         for value, what in ((concurrency, "concurrency"), (threads, "threads")):

@@ -29,7 +29,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 from redis.exceptions import NoScriptError
 
 from ..errors import EnqueueError
-from ..keys import job_key, scheduled_key
+from ..keys import hash_tag, job_key, scheduled_key
 from ..rawpipe import RawPipe
 from . import scripts
 from .job import Job, JobSource
@@ -194,6 +194,12 @@ class Task(Generic[P, R]):
 
     def _dependency_key(self, dep: Job | str) -> str:
         if isinstance(dep, Job):
+            if hash_tag(dep.stream) != hash_tag(self.stream):
+                raise EnqueueError(
+                    f"depends_on: job {dep.id} is in queue {dep.queue!r}, whose stream "
+                    f"{dep.stream!r} has another hash tag than {self.stream!r}: a job can "
+                    "depend on jobs of its own queue (or of queues whose streams share its "
+                    "hash tag), which one script can release atomically")
             return dep.key
         if isinstance(dep, str):
             return job_key(self.stream, _check_job_id(dep))
