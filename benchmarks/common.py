@@ -464,7 +464,7 @@ def machine_info(url: str) -> dict[str, Any]:
         "python": platform.python_version(), "redis_py": _version("redis"),
         "hiredis": _version("hiredis"), "anyio": _version("anyio"), "uvloop": _version("uvloop"),
         "orjson": _version("orjson"),
-        "streamflow": _version("streamflow"), "faststream": _version("faststream"),
+        "streamflow": _version("streamflow-redis"), "faststream": _version("faststream"),
         "taskiq_redis": _version("taskiq-redis"), "server": server, "load1": load1(),
     }
 
