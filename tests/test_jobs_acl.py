@@ -11,11 +11,7 @@ inside a script or on the cancel listener's connection, whose failures are only 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from cli_run import sf, sf_json
 from redis.exceptions import ResponseError
 
 from streamflow import App, JobCancelled, JobFailed, Retry
@@ -354,22 +351,6 @@ async def test_worker_and_producer_do_everything_without_an_acl_denial(users: Us
     assert admin.hget("streamflow:queues", "default") == STREAM
     assert admin.xlen(STREAM + ":dlq") == 2
     assert users.denials() == [], users.denials()
-
-
-async def sf(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m streamflow ARGS --redis-url URL`` (no STREAMFLOW_ variables), as text."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    proc = await anyio.run_process([sys.executable, "-m", "streamflow", *args, "--redis-url", url],
-                                   check=False, cwd=ROOT, env=env)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
-                                       proc.stderr.decode())
-
-
-async def sf_json(url: str, *args: str) -> Any:
-    """``sf(... --json)`` as a document (the command must succeed)."""
-    result = await sf(url, *args, "--json")
-    assert result.returncode == 0, (args, result.stderr)
-    return json.loads(result.stdout)
 
 
 async def test_operator_commands_run_under_the_documented_admin_user(users: Users) -> None:

@@ -9,17 +9,15 @@ subprocess (``python -m streamflow ...``), so the worker's logs never mix with i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import redis
+from cli_run import sf, sf_json
 
 from streamflow import App, Retry
 from streamflow.admin.jobs import CANCEL_REASON, VALUE_OPTIONS, expand_shorthand
@@ -36,22 +34,6 @@ STREAM = "streamflow:queue:{default}"  # the stream of queue "default"
 
 #: Whether ``charge`` fails (module level: the requeue test flips it between two runs).
 CHARGE_FAILS = {"now": True}
-
-
-async def sf(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m streamflow ARGS --redis-url URL`` and capture its output as text."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    proc = await anyio.run_process([sys.executable, "-m", "streamflow", *args, "--redis-url", url],
-                                   check=False, cwd=ROOT, env=env)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
-                                       proc.stderr.decode())
-
-
-async def sf_json(url: str, *args: str) -> Any:
-    """``sf(... --json)`` as a document (the command must succeed)."""
-    result = await sf(url, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
