@@ -58,9 +58,10 @@ class Completion(Protocol):
 
     async def dead_lettered(
         self, client: Any, msg: Message, *, consumer: str, error_type: str, error: str,
-        traceback: str,
+        traceback: str, dead_letter: str, record_id: str,
     ) -> None:
-        """``msg`` was moved to its dead-letter stream (after its last attempt, or rejected)."""
+        """``msg`` was moved to its dead-letter stream ``dead_letter`` as record
+        ``record_id`` (after its last attempt, or rejected)."""
 
 
 class Service(Protocol):

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+import redis.asyncio as aioredis
 from cli_run import sf, sf_json
 
 from streamflow import App, Retry
@@ -287,10 +288,14 @@ async def test_jobs_status_failed_json_and_requeue_runs_the_job_again(any_redis_
         assert await job.result(timeout=10) == "charged 7"
         info = await job.info()
         assert (info.status, info.attempt, info.error) == ("succeeded", 1, None)
+    assert "was deleted, so a later dlq replay does not run it once more" in result.stdout
     doc = await sf_json(url, "jobs", "default", "--status", "failed")
-    assert (doc["total"], doc["jobs"], doc["skipped"]) == (1, [], 1)  # the record stays in the DLQ
-    text = (await sf(url, "jobs", "default", "--status", "failed")).stdout
-    assert "(1 dead-letter record(s) of jobs requeued since not shown)" in text
+    assert (doc["total"], doc["jobs"], doc["skipped"]) == (0, [], 0)  # the requeue deleted it
+    client = aioredis.Redis.from_url(url)
+    try:
+        assert await client.xlen(STREAM + ":dlq") == 0  # nothing a dlq replay could run again
+    finally:
+        await client.aclose()
     again = await sf(url, "jobs", "requeue", "order-7", "--queue", "default")
     assert again.returncode == 1, again.stderr
     assert "not requeued: it is succeeded" in again.stdout

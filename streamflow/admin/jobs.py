@@ -205,8 +205,8 @@ def cmd_jobs_requeue(args: argparse.Namespace) -> int:
         print(f"requeued job {job.id} of queue {job.queue} (it was {before}): "
               "it runs again, attempts counted from 1")
         if before == "failed":
-            print(f"(its dead-letter record stays in {dead_letter_stream(job.stream)}: "
-                  "replaying that record too would run the job once more)")
+            print(f"(its record in {dead_letter_stream(job.stream)} was deleted, so a "
+                  "later dlq replay does not run it once more)")
     else:
         print(f"job {job.id} of queue {job.queue} not requeued: it is {before} "
               "(only failed or cancelled jobs are requeued)")

@@ -222,7 +222,8 @@ class QueueRunner:
         return False
 
     async def dead_lettered(self, client: Any, msg: Message, *, consumer: str,
-                            error_type: str, error: str, traceback: str) -> None:
+                            error_type: str, error: str, traceback: str, dead_letter: str,
+                            record_id: str) -> None:
         """Record the job of a dead-lettered entry as failed (FAIL), waking its waiters."""
         raw = msg.raw_fields
         fields = {raw[i]: raw[i + 1] for i in range(0, len(raw) - 1, 2)} if raw else {}
@@ -240,6 +241,6 @@ class QueueRunner:
         await client.eval(
             scripts.FAIL, 1, job_key(msg.stream, job_id), job_id, name, error_type, error,
             traceback[-TRACEBACK_CHARS:], msg.attempt, consumer, ttl, msg.raw_id, msg.stream,
-            args, kwargs, self._started.pop(msg.raw_id, ""))
+            args, kwargs, self._started.pop(msg.raw_id, ""), dead_letter, record_id)
         log.error("job_failed", queue=self.queue, task=name, job_id=job_id, stream=msg.stream,
                   message_id=msg.id, attempt=msg.attempt, error_type=error_type, error=error)

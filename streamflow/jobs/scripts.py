@@ -245,7 +245,8 @@ return acked
 #: Record that a job failed for good (its entry was dead-lettered).
 #: KEYS[1] job hash; ARGV[1] id, [2] task, [3] error type, [4] error, [5] traceback,
 #: [6] attempt, [7] worker, [8] ttl, [9] entry id, [10] stream, [11] args, [12] kwargs,
-#: [13] started ms. Returns 1, or 0 when the job had succeeded or was cancelled.
+#: [13] started ms, [14] dead-letter stream, [15] its record of the job (so that a requeue
+#: can delete it). Returns 1, or 0 when the job had succeeded or was cancelled.
 FAIL = _LIB + """
 local h = KEYS[1]
 local st = redis.call('HGET', h, 'status')
@@ -255,7 +256,7 @@ local ttl = tonumber(ARGV[8])
 redis.call('HSET', h, 'status', 'failed', 'id', ARGV[1], 'task', ARGV[2],
            'error_type', ARGV[3], 'error', ARGV[4], 'traceback', ARGV[5], 'attempt', ARGV[6],
            'worker', ARGV[7], 'entry', ARGV[9], 'stream', ARGV[10], 'started_at', ARGV[13],
-           'ended_at', now)
+           'ended_at', now, 'dlq', ARGV[14], 'dlq_record', ARGV[15])
 if not redis.call('HGET', h, 'args') then
   redis.call('HSET', h, 'args', ARGV[11], 'kwargs', ARGV[12], 'fttl', ttl)
 end
@@ -332,7 +333,8 @@ end
 return {f[1] or '', ''}
 """
 
-#: Run a failed or cancelled job again, with its arguments, as a new attempt 1.
+#: Run a failed or cancelled job again, with its arguments, as a new attempt 1; a failed
+#: job's dead-letter record is deleted (a later ``dlq replay`` must not run it once more).
 #: KEYS[1] job hash. Returns {status before, entry id or ''}.
 REQUEUE = _LIB + """
 local h = KEYS[1]
@@ -340,8 +342,10 @@ local f = redis.call('HMGET', h, 'status', 'stream', 'task', 'args')
 if not f[1] then return {'missing', ''} end
 if f[1] ~= 'failed' and f[1] ~= 'cancelled' then return {f[1], ''} end
 if not f[2] or not f[3] or not f[4] then return {'incomplete', ''} end
+local dlq = redis.call('HMGET', h, 'dlq', 'dlq_record')
+if dlq[1] and dlq[2] and dlq[2] ~= '' then redis.call('XDEL', dlq[1], dlq[2]) end
 redis.call('HDEL', h, 'result', 'error_type', 'error', 'traceback', 'reason', 'ended_at',
-           'started_at', 'worker', 'attempt', 'waiting')
+           'started_at', 'worker', 'attempt', 'waiting', 'dlq', 'dlq_record')
 redis.call('DEL', h .. ':done')
 return {f[1], enqueue_now(h, now_ms())}
 """

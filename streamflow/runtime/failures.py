@@ -149,7 +149,9 @@ class Failures:
             if completion is not None:
                 await completion.dead_lettered(
                     self.client, msg, consumer=self.consumer, error_type=error_type,
-                    error=error, traceback=tb)
+                    error=error, traceback=tb, dead_letter=dlq,
+                    record_id=record_id.decode() if isinstance(record_id, bytes)
+                    else str(record_id))
         else:
             self.log.warning("dead_letter_skipped", stream=msg.stream, message_id=msg.id,
                              reason="entry was no longer pending")
