@@ -86,6 +86,20 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(te.format())
 
 
+def version_text() -> str:
+    """``streamflow-redis 0.1.0 (redis-py 8.1.0, Python 3.11.7)``: what ``--version`` prints."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"streamflow-redis {of('streamflow-redis')} (redis-py {of('redis')}, Python {python})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m streamflow``."""
     parser = argparse.ArgumentParser(
@@ -94,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print streamflow's version (and redis-py's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser(

@@ -381,3 +381,18 @@ def test_forced_stop_exits_with_128_plus_the_forcing_signal(
     forced = next(e for e in events if e["event"] == "worker_force_stop")
     assert forced["reason"] == second.name and forced["exit_status"] == status, forced
     assert "worker_stopped" in {e["event"] for e in events}
+
+
+def test_version_names_streamflow_and_redis_py(capsys: pytest.CaptureFixture[str]) -> None:
+    """``streamflow --version`` prints the installed distribution's version and redis-py's,
+    and exits 0."""
+    from importlib.metadata import version
+
+    from streamflow.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert exited.value.code == 0
+    assert out.startswith(f"streamflow-redis {version('streamflow-redis')} (redis-py ")
+    assert version("redis") in out
