@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from acl_users import AclUsers
 from cli_run import sf, sf_json
 from redis.exceptions import ResponseError
 
@@ -74,43 +75,17 @@ def without(rules: list[str], drop: str) -> list[str]:
     return out
 
 
-class Users:
-    """ACL users on the private server, made with its default user; removed at the end."""
+class Users(AclUsers):
+    """:class:`AclUsers` with the documented job-queue roles; ACL LOG reset at the start."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.admin = redis.Redis.from_url(url, decode_responses=True)
-        self.names: list[str] = []
+        super().__init__(url)
         self.admin.execute_command("ACL", "LOG", "RESET")
-
-    def create(self, name: str, rules: list[str]) -> str:
-        """Create user ``name`` with ``rules``; a URL that logs in as it."""
-        self.admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">pw-{name}", *rules)
-        self.names.append(name)
-        return f"redis://{name}:pw-{name}@{self.url.split('://', 1)[1]}"
 
     def role(self, role: str) -> str:
         """Create the documented user of ``role``; its URL."""
         name = ROLES[role]
-        return self.create(name, documented_rules()[name])
-
-    def dryrun(self, name: str, *command: Any) -> bool:
-        """Whether ``name`` may run ``command`` (ACL DRYRUN)."""
-        try:
-            return bool(self.admin.execute_command("ACL", "DRYRUN", name, *command) == "OK")
-        except redis.ResponseError:
-            return False
-
-    def denials(self) -> list[dict[str, Any]]:
-        """The ACL LOG entries of this test's users."""
-        return [e for e in self.admin.execute_command("ACL", "LOG", 100)
-                if e.get("username") in self.names]
-
-    def close(self) -> None:
-        for name in self.names:
-            self.admin.execute_command("ACL", "DELUSER", name)
-        self.admin.execute_command("ACL", "LOG", "RESET")
-        self.admin.close()
+        return self.user(name, documented_rules()[name])
 
 
 @pytest.fixture
@@ -264,15 +239,15 @@ def test_documented_job_rules_allow_no_destructive_command(users: Users) -> None
     ]
     for name, commands in allowed.items():
         for command in commands:
-            assert users.dryrun(name, *command), (name, command)
+            assert users.may(name, *command), (name, command)
         for command in destructive:
-            assert not users.dryrun(name, *command), (name, command)
-    assert not users.dryrun("jobs-worker", "PUBLISH", "streamflow:jobs:cancel", "j1")
-    assert not users.dryrun("jobs-worker", "XDEL", STREAM, "1-0")
-    assert not users.dryrun("jobs-producer", "XREADGROUP", "GROUP", "streamflow:jobs", "w1",
+            assert not users.may(name, *command), (name, command)
+    assert not users.may("jobs-worker", "PUBLISH", "streamflow:jobs:cancel", "j1")
+    assert not users.may("jobs-worker", "XDEL", STREAM, "1-0")
+    assert not users.may("jobs-producer", "XREADGROUP", "GROUP", "streamflow:jobs", "w1",
                             "STREAMS", STREAM, ">")
-    assert not users.dryrun("jobs-producer", "XTRIM", STREAM, "MAXLEN", 0)
-    assert not users.dryrun("jobs-admin", "XTRIM", STREAM, "MAXLEN", 0)
+    assert not users.may("jobs-producer", "XTRIM", STREAM, "MAXLEN", 0)
+    assert not users.may("jobs-admin", "XTRIM", STREAM, "MAXLEN", 0)
     assert users.denials() == [], users.denials()
 
 
@@ -413,7 +388,7 @@ async def test_operator_commands_run_under_the_documented_admin_user(users: User
 async def test_a_producer_missing_one_permission_is_refused_and_logged(users: Users) -> None:
     """The check can fail: a producer without the documented ``+zadd`` cannot delay a job
     (refused inside the ENQUEUE script), and ACL LOG records the denial."""
-    url = users.create("jobs-producer", without(documented_rules()["jobs-producer"], "+zadd"))
+    url = users.user("jobs-producer", without(documented_rules()["jobs-producer"], "+zadd"))
     producer = App(redis_url=url)
     p = Tasks(producer, new_state())
     try:
@@ -453,7 +428,7 @@ async def test_a_job_worker_missing_a_permission_stops_at_startup_naming_it(
 ) -> None:
     """A job worker whose user lacks one documented permission stops before it reads a job,
     with one line naming the command and the key (or channel)."""
-    url = users.create("jobs-worker", without(documented_rules()["jobs-worker"], drop))
+    url = users.user("jobs-worker", without(documented_rules()["jobs-worker"], drop))
     app = App()
     Tasks(app, new_state(), periodic=True)
     worker = make_worker(app, url)

@@ -25,6 +25,7 @@ import anyio
 import pytest
 import redis
 import structlog
+from acl_users import AclUsers, url_for
 
 import streamflow
 from streamflow import App, ConfigError, Message, PayloadTooLarge, Reject, Retry, Settings, scripts
@@ -53,37 +54,6 @@ SECRET = "s3cr3t-Pa55word"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def url_for(base_url: str, user: str | None, password: str) -> str:
-    """``base_url`` (redis://127.0.0.1:PORT/0) with credentials."""
-    rest = base_url.split("://", 1)[1]
-    return f"redis://{user or ''}:{password}@{rest}"
-
-
-class AclUsers:
-    """Creates ACL users through the default user; deletes them when the test ends."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.admin = redis.Redis.from_url(url, decode_responses=True)
-        self.names: list[str] = []
-
-    def user(self, name: str, rules: list[str]) -> str:
-        """Create (or redefine) user ``name`` with ``rules``; return a URL that logs in as it."""
-        self.admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">pw-{name}", *rules)
-        self.names.append(name)
-        return url_for(self.url, name, f"pw-{name}")
-
-    def dryrun(self, name: str, *command: Any) -> str:
-        """ACL DRYRUN ``command`` as ``name``: "OK" or the reason it would be refused."""
-        return str(self.admin.execute_command("ACL", "DRYRUN", name, *command))
-
-    def close(self) -> None:
-        for name in self.names:
-            self.admin.execute_command("ACL", "DELUSER", name)
-        self.admin.execute_command("ACL", "LOG", "RESET")
-        self.admin.close()
 
 
 @pytest.fixture
