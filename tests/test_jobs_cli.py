@@ -37,6 +37,20 @@ STREAM = "streamflow:queue:{default}"  # the stream of queue "default"
 CHARGE_FAILS = {"now": True}
 
 
+def two_queues(url: str) -> tuple[App, Any, Any]:
+    """An app with task ``add`` on queue default and ``send`` on queue emails."""
+    app = App(redis_url=url)
+
+    @app.task()
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(queue="emails")
+    async def send(to: str) -> None: ...
+
+    return app, add, send
+
+
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The command failed with exit 2 and one ``streamflow: error:`` line; return it."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
@@ -110,14 +124,7 @@ async def test_job_without_queue_finds_the_queue_that_has_it(any_redis_url: str)
     """Without ``--queue``, ``job ID`` looks in every registered queue and names the one that
     has the job; an id in two queues asks for ``--queue``, which then picks one."""
     url = any_redis_url
-    app = App(redis_url=url)
-
-    @app.task()
-    async def add(a: int, b: int) -> int:
-        return a + b
-
-    @app.task(queue="emails")
-    async def send(to: str) -> None: ...
+    app, add, send = two_queues(url)
 
     async with app:
         await add.enqueue(1, 2)
@@ -143,14 +150,7 @@ async def test_an_unknown_id_is_a_clear_error_with_a_non_zero_exit(any_redis_url
     line = one_error_line(await sf(url, "job", "ghost"))
     assert line == ("streamflow: error: no job 'ghost' in any queue (none is registered in "
                     "streamflow:queues) (never enqueued, or its state expired)")
-    app = App(redis_url=url)
-
-    @app.task()
-    async def add(a: int, b: int) -> int:
-        return a + b
-
-    @app.task(queue="emails")
-    async def send(to: str) -> None: ...
+    app, add, send = two_queues(url)
 
     async with app:
         await add.enqueue(1, 2)
