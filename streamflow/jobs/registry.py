@@ -97,6 +97,7 @@ class Jobs:
         self._registered: set[tuple[str, str]] = set()  # queues noted in QUEUES_KEY
         self._specs: list[HandlerSpec] | None = None  # built on first use after a change
         self.queued_ttl = DEFAULT_QUEUED_TTL
+        self._block_chunk: float | None = None  # from the settings, on the first result()
 
     # -- declaring --------------------------------------------------------------------------
 
@@ -241,8 +242,10 @@ class Jobs:
 
     @property
     def block_chunk(self) -> float:
-        """Longest single blocking wait: a second under the socket timeout."""
-        return max(0.5, self._settings().socket_timeout - 1.0)
+        """Longest single blocking wait: a second under the socket timeout (resolved once)."""
+        if self._block_chunk is None:
+            self._block_chunk = max(0.5, self._settings().socket_timeout - 1.0)
+        return self._block_chunk
 
     def run_sync(self, func: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``func()`` on the sync bridge."""
@@ -254,7 +257,8 @@ class Jobs:
         return self._max_payload()
 
     async def register_queue(self, client: Any, queue: str, stream: str) -> None:
-        """Note ``queue`` -> ``stream`` in the queue registry, once per process and client."""
+        """Note ``queue`` -> ``stream`` in the queue registry, once per process (a worker
+        writes its queues there again when it starts)."""
         key = (queue, stream)
         if key in self._registered:
             return
