@@ -6,15 +6,15 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import Settings, validate_name
 from .connection import Connection
 from .errors import ConfigError
 from .jobs.mixin import JobsMixin
 from .jobs.registry import Jobs
 from .naming import default_group, handler_name
+from .partitions import check_partitions
 from .policies import Retention, Retry
-from .rawpipe import RawPipe
+from .publishing import Durable, PartitionKey, Publisher
 from .spec import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT,
@@ -62,6 +62,8 @@ class App(JobsMixin):
         self._max_payload_bytes = max_payload_bytes  # None: from settings, on first publish
         self._connection: Connection | None = None  # where publishing goes now
         self._own_connection: Connection | None = None  # opened by the app itself, lazily
+        # XADDs, and the partitioned streams (app.stream, @app.handler(partitions=))
+        self.publisher = Publisher(lambda: self.connection, lambda: self.max_payload_bytes)
         # queues, tasks and schedules (@app.task, app.queue, @app.cron, @app.periodic)
         self.jobs = Jobs(connection=lambda: self.connection, settings=self.settings,
                          max_payload_bytes=lambda: self.max_payload_bytes)
@@ -78,6 +80,7 @@ class App(JobsMixin):
         dead_letter: str | None = None,
         start_id: str = "0",
         retention: Retention | None = None,
+        partitions: int | None = None,
     ) -> Callable[[H], H]:
         """Register an ``async def handler(msg)`` for one or more streams.
 
@@ -91,9 +94,14 @@ class App(JobsMixin):
         replaced by the stream name). ``start_id`` is where a group that does not exist
         yet starts: ``0`` (the default: every entry already in the stream is handled) or
         ``$`` (only entries added from now on); an existing group keeps its position.
+        ``partitions=N`` declares every stream given partitioned into N streams (as
+        :meth:`stream` does) and reads all of them.
         """
         check_handler_options(streams, concurrency=concurrency, timeout=timeout,
                               start_id=start_id, dead_letter=dead_letter)
+        if partitions is not None:
+            check_partitions(partitions)
+            streams = tuple(k for s in streams for k in self.publisher.declare(s, partitions))
 
         def decorate(func: H) -> H:
             registered: H = func
@@ -218,72 +226,63 @@ class App(JobsMixin):
 
     # -- publishing ---------------------------------------------------------------------
 
+    def stream(self, name: str, *, partitions: int) -> tuple[str, ...]:
+        """Declare ``name`` a partitioned stream of ``partitions`` Redis streams; return
+        their keys (``orders:{p0}``, ...; see :mod:`streamflow.partitions`).
+
+        ``publish(name, ..., key=k)`` then writes to partition ``crc32(k) % partitions``
+        (without a key: round robin). ``@app.handler(name, partitions=N)`` declares it too.
+        """
+        return self.publisher.declare(name, partitions)
+
     async def publish(
-        self, stream: str, payload: Any, *, maxlen: int | None = None, approximate: bool = True
+        self, stream: str, payload: Any, *, key: PartitionKey | None = None,
+        durable: Durable = False, replicas: int = 1, durable_timeout: float = 1.0,
+        maxlen: int | None = None, approximate: bool = True,
     ) -> str:
         """Append ``payload`` (any JSON-serialisable value) to ``stream``; return the entry id.
 
-        The entry has one field, ``sf:json``, holding the JSON text. ``maxlen`` caps
-        the stream length (``~`` approximate by default); prefer a handler
+        The entry has the field ``sf:json`` holding the JSON text, and ``sf:key`` holding
+        ``key`` when one is given. For a partitioned stream ``key`` picks the partition
+        (same key, same partition, in publish order); without one entries go round robin.
+        ``durable=True`` returns only once ``replicas`` replicas acknowledged the entry
+        (``WAIT``; ``"aof"``: ``WAITAOF``, fsynced to their append-only files) and raises
+        :class:`~streamflow.errors.NotReplicated` if they did not within
+        ``durable_timeout`` seconds (see docs/scaling.md for what this does not promise).
+        ``maxlen`` caps the stream length (``~`` approximate by default); prefer a handler
         ``retention=`` policy, which never trims unacknowledged entries.
         """
-        validate_name("stream name", stream)
-        data = encode_json(payload, self.max_payload_bytes)
-        return await self._xadd(stream, {JSON_FIELD: data}, maxlen, approximate)
+        return await self.publisher.publish(
+            stream, payload, key=key, durable=durable, replicas=replicas,
+            durable_timeout=durable_timeout, maxlen=maxlen, approximate=approximate,
+        )
 
     async def publish_fields(
-        self,
-        stream: str,
-        fields: Mapping[str, Any],
-        *,
-        maxlen: int | None = None,
-        approximate: bool = True,
+        self, stream: str, fields: Mapping[str, Any], *, key: PartitionKey | None = None,
+        durable: Durable = False, replicas: int = 1, durable_timeout: float = 1.0,
+        maxlen: int | None = None, approximate: bool = True,
     ) -> str:
-        """Append a raw field map (str/bytes/int/float values) to ``stream``; return the entry id."""
-        validate_name("stream name", stream)
-        return await self._xadd(
-            stream, encode_fields(fields, self.max_payload_bytes), maxlen, approximate
+        """Append a raw field map (str/bytes/int/float values) to ``stream``; return the
+        entry id. ``key``, ``durable`` and the rest: as for :meth:`publish`."""
+        return await self.publisher.publish_fields(
+            stream, fields, key=key, durable=durable, replicas=replicas,
+            durable_timeout=durable_timeout, maxlen=maxlen, approximate=approximate,
         )
 
     async def publish_many(
-        self, stream: str, payloads: Iterable[Any], *, chunk: int = 1000, raw: bool = False
+        self, stream: str, payloads: Iterable[Any], *, chunk: int = 1000, raw: bool = False,
+        keys: Iterable[PartitionKey | None] | None = None, durable: Durable = False,
+        replicas: int = 1, durable_timeout: float = 1.0,
     ) -> list[str]:
         """Append many payloads with pipelined XADDs (``chunk`` per round trip); return the ids.
 
-        With ``raw=True`` every item is a field map, as for :meth:`publish_fields`.
+        With ``raw=True`` every item is a field map, as for :meth:`publish_fields`. ``keys``
+        gives each payload its partition key (in order); ``durable`` waits per chunk.
         """
-        validate_name("stream name", stream)
-        client = await self.connection.client()
-        limit = self.max_payload_bytes
-        ids: list[str] = []
-        pipe = RawPipe(client)
-        try:
-            commands: list[list[Any]] = []
-            for item in payloads:
-                if raw:
-                    commands.append(["XADD", stream, "*", *_flatten(encode_fields(item, limit))])
-                else:
-                    commands.append(["XADD", stream, "*", JSON_FIELD, encode_json(item, limit)])
-                if len(commands) == chunk:
-                    ids.extend(_ids(await pipe.execute(commands)))
-                    commands = []
-            if commands:
-                ids.extend(_ids(await pipe.execute(commands)))
-        finally:
-            await pipe.aclose()
-        return ids
-
-    async def _xadd(
-        self, stream: str, fields: Mapping[str, Any], maxlen: int | None, approximate: bool
-    ) -> str:
-        client: Any = await self.connection.client()
-        args: list[Any] = ["XADD", stream]
-        if maxlen is not None:
-            args += ["MAXLEN", "~" if approximate else "=", maxlen]
-        args.append("*")
-        args += _flatten(fields)
-        result = await client.execute_command(*args)
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return await self.publisher.publish_many(
+            stream, payloads, chunk=chunk, raw=raw, keys=keys, durable=durable,
+            replicas=replicas, durable_timeout=durable_timeout,
+        )
 
     # -- running ------------------------------------------------------------------------
 
@@ -302,17 +301,3 @@ class App(JobsMixin):
 
         return run_worker(self, self.settings(**overrides))
 
-
-def _ids(replies: list[Any]) -> list[str]:
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return [reply.decode() for reply in replies]
-
-
-def _flatten(fields: Mapping[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for k, v in fields.items():
-        out.append(k)
-        out.append(v)
-    return out

@@ -7,7 +7,7 @@ import os
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import anyio
@@ -17,10 +17,13 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clustering import StreamflowCluster
 from .errors import ConfigError, ServerUnavailable
 from .tlsprobe import client_certificate_hint, is_refused, is_tls_error, server_alert, speaks_tls, tls_hint
 
-__all__ = ["TLS_OPTIONS", "Connection", "check_url", "redact_url", "server_time_ms"]
+__all__ = [
+    "TLS_OPTIONS", "Connection", "check_url", "is_cluster_url", "redact_url", "server_time_ms",
+]
 
 # ``scheme://user:password@`` (user may be empty). The password runs to the last ``@``
 # before the path or whitespace, so a password holding a raw ``@`` is hidden whole.
@@ -65,29 +68,28 @@ def redact_url(text: str) -> str:
 
 
 #: URL schemes streamflow connects with.
-SCHEMES = ("redis", "rediss", "unix", "embedded")
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix", "embedded")
+#: Schemes of Redis Cluster URLs (the client discovers the other nodes from the one given).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _DB_PATH_RE = re.compile(r"/?(?P<db>[^/]*)")
 
 
 def check_url(url: object) -> None:
     """Raise :class:`ConfigError` (``redis_url``) unless ``url`` is a URL streamflow can use.
 
-    Checks the scheme (Redis Cluster URLs are refused: not supported yet) and that the
-    database, from the path of a ``redis://`` / ``rediss://`` URL or from ``?db=``, is a
-    whole number (redis-py would silently use database 0 for ``redis://host/abc``).
+    Checks the scheme and that the database, from the path of a ``redis://`` /
+    ``rediss://`` URL or from ``?db=``, is a whole number (redis-py would silently use
+    database 0 for ``redis://host/abc``); a Redis Cluster URL (``redis+cluster://``,
+    ``rediss+cluster://``) has only database 0.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError("redis_url", "must be a URL such as redis://host:6379/0 or embedded://")
     scheme = url.split("://", 1)[0].lower()
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        raise ConfigError(
-            "redis_url", f"{scheme}:// is refused: Redis Cluster is not supported yet; give the "
-            f"URL of one primary ({scheme.removesuffix('+cluster')}://host:port/0)",
-        )
     if scheme not in SCHEMES:
         raise ConfigError(
             "redis_url",
-            f"unsupported scheme {scheme!r}; use redis://, rediss://, unix:// or embedded://",
+            f"unsupported scheme {scheme!r}; use redis://, rediss://, redis+cluster://, "
+            "rediss+cluster://, unix:// or embedded://",
         )
     if scheme == "embedded":
         return
@@ -103,6 +105,14 @@ def check_url(url: object) -> None:
                 "redis_url", f"the database {path.removeprefix('/')!r} in the URL path is not a "
                 "whole number (e.g. redis://host:6379/0)",
             )
+        if scheme in CLUSTER_SCHEMES and ((match["db"] or "0") != "0" or (db or "0") != "0"):
+            raise ConfigError("redis_url", "a Redis Cluster has only database 0; drop the "
+                              "database from the URL")
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
 def _closed_transport_is_connection_error(cls: type[Any]) -> type[Any]:
@@ -133,6 +143,13 @@ def _closed_transport_is_connection_error(cls: type[Any]) -> type[Any]:
 
 def _raw(response: Any, **_: Any) -> Any:
     return response
+
+
+def _raw_replies(client: Any) -> None:
+    """Stream replies reach the consumer as RESP gave them (decoded lazily, per entry)."""
+    for command in ("XREADGROUP", "XREAD", "XCLAIM", "XAUTOCLAIM", "XPENDING", "XINFO STREAM",
+                    "XINFO GROUPS", "XINFO CONSUMERS", "XRANGE", "XREVRANGE"):
+        client.set_response_callback(command, _raw)
 
 
 @dataclass
@@ -168,10 +185,11 @@ def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
                 "redis_url", f"{', '.join(tcp_only)} only apply to TCP connections, not unix://"
             )
     given = [k for k in query if k.startswith("ssl_")]
-    if parts.scheme.lower() != "rediss":
+    if parts.scheme.lower() not in ("rediss", "rediss+cluster"):
         if given:
             raise ConfigError(
-                "redis_url", f"{', '.join(given)} only apply to TLS connections; use a rediss:// URL"
+                "redis_url", f"{', '.join(given)} only apply to TLS connections; use a rediss:// "
+                "(or rediss+cluster://) URL"
             )
         return parts, query, None
     for name in _FILE_OPTIONS:
@@ -279,15 +297,36 @@ class Connection:
                 ssl_cert_reqs=ssl.CERT_REQUIRED,
             )
             url = parts._replace(query=urlencode(query)).geturl()
+        if parts.scheme.lower() in CLUSTER_SCHEMES:
+            # a RedisCluster offers the command methods the callers use (routed by key)
+            return cast("aioredis.Redis", self._open_cluster(url, kwargs))
         try:
             client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
         except ValueError as exc:
             raise ConfigError("redis_url", f"{redact_url(str(exc))}") from None
-        for command in ("XREADGROUP", "XREAD", "XCLAIM", "XAUTOCLAIM", "XPENDING", "XINFO STREAM",
-                        "XINFO GROUPS", "XINFO CONSUMERS", "XRANGE", "XREVRANGE"):
-            client.set_response_callback(command, _raw)
+        _raw_replies(client)
         pool = client.connection_pool
         pool.connection_class = _closed_transport_is_connection_error(pool.connection_class)
+        return client
+
+    def _open_cluster(self, url: str, kwargs: dict[str, Any]) -> Any:
+        """A ``RedisCluster`` client for a ``redis+cluster://`` URL (the other nodes are
+        discovered from the one given; a node that is down is skipped, and while one shard
+        fails over the others keep working: full slot coverage is not required)."""
+        plain = url.replace("+cluster://", "://", 1)
+        kwargs.pop("retry_on_timeout", None)
+        parts = urlsplit(plain)
+        if parts.path not in ("", "/", "/0"):
+            plain = parts._replace(path="").geturl()
+        try:
+            client = StreamflowCluster.from_url(plain, require_full_coverage=False, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("redis_url", f"{redact_url(str(exc))}") from None
+        _raw_replies(client)
+        robust = _closed_transport_is_connection_error(client.connection_kwargs["connection_class"])
+        client.connection_kwargs["connection_class"] = robust
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = robust
         return client
 
     async def check(self) -> None:

@@ -17,6 +17,7 @@
     ├── Reject                   raised by a handler: dead-letter this message now, no retry
     │   └── BadJob               a job entry names no known task or carries bad arguments
     ├── EnqueueError             a job cannot be enqueued (arguments, encoding, dependencies)
+    ├── NotReplicated            publish(durable=True): no replica acknowledged the entry in time
     └── JobError                 what waiting on a job can raise
         ├── JobFailed            the job failed for good (type, message, traceback summary)
         ├── JobCancelled         the job was cancelled (or a dependency failed)
@@ -44,6 +45,7 @@ __all__ = [
     "JobError",
     "JobFailed",
     "JobNotFound",
+    "NotReplicated",
     "PayloadError",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -143,6 +145,23 @@ class EnqueueError(StreamflowError, ValueError):
     """A job cannot be enqueued: arguments do not fit the function, a value JSON cannot
     carry, or a dependency that does not exist. Raised in the caller, before anything is
     written."""
+
+
+class NotReplicated(StreamflowError):
+    """``publish(..., durable=True)``: fewer replicas than asked acknowledged the entry in time.
+
+    The entry *was* written to the master (``entry_id``); it may still reach the replicas
+    later, or be lost if the master fails before it does. Retrying the publish may write
+    it twice: consumers must tolerate duplicates anyway (at-least-once).
+    """
+
+    def __init__(self, message: str, *, stream: str, entry_ids: Sequence[str], acked: int,
+                 wanted: int) -> None:
+        super().__init__(message)
+        self.stream = stream  # the stream key written (a partition's, when partitioned)
+        self.entry_ids = list(entry_ids)  # what the master stored
+        self.acked = acked  # replicas that acknowledged (fewest, for several entries)
+        self.wanted = wanted  # replicas asked for
 
 
 class JobError(StreamflowError):

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import enum
 
-from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError, ResponseError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -19,8 +29,11 @@ __all__ = ["TRANSIENT", "Kind", "classify", "is_transient"]
 
 #: Errors that go away by themselves: the connection dropped, a reply timed out, the
 #: server is restarting or loading its data. Callers retry them with backoff.
+#: On a Redis Cluster: a slot moved (MOVED, ASK), the cluster or a shard is down or
+#: failing over (CLUSTERDOWN, TRYAGAIN, a demoted master's READONLY, no node reachable).
 TRANSIENT: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
+    AskError, ClusterDownError, TryAgainError, ReadOnlyError, RedisClusterException,
 )
 
 
@@ -45,6 +58,10 @@ _PREFIXES = (
     ("LOADING", Kind.TRANSIENT),
     ("MASTERDOWN", Kind.TRANSIENT),
     ("TRYAGAIN", Kind.TRANSIENT),
+    ("MOVED", Kind.TRANSIENT),
+    ("ASK", Kind.TRANSIENT),
+    ("CLUSTERDOWN", Kind.TRANSIENT),
+    ("READONLY", Kind.TRANSIENT),
 )
 
 
@@ -56,6 +73,8 @@ def classify(exc: BaseException) -> Kind:
         return Kind.OOM
     if isinstance(exc, NoPermissionError):
         return Kind.NOPERM
+    if isinstance(exc, AskError | ClusterDownError | TryAgainError | ReadOnlyError):
+        return Kind.TRANSIENT
     if isinstance(exc, ResponseError):
         text = str(exc)
         # A script's error reply may carry the command's error after a prefix

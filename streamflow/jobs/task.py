@@ -136,7 +136,7 @@ class Task(Generic[P, R]):
         await self._source.register_queue(client, self.queue, self.stream)
         await client.execute_command("SCRIPT", "LOAD", scripts.ENQUEUE)
         jobs: list[Job] = []
-        pipe = RawPipe(client)
+        pipe = RawPipe(client, self.stream)
         try:
             for i in range(0, len(commands), chunk):
                 part = commands[i:i + chunk]

@@ -9,7 +9,9 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
+from ..clustering import is_cluster, node_name
 from ..rawpipe import RawPipe
+from ..redis_errors import is_transient
 from ..spec import Completion
 
 __all__ = ["AckBuffer"]
@@ -39,6 +41,7 @@ class AckBuffer:
         self._full = asyncio.Event()  # set when a bucket reaches max_batch
         self._closing = False  # set by close(): flush what is left and stop
         self._pipe: RawPipe | None = None  # the flusher's own connection
+        self._pipes: dict[str, RawPipe] = {}  # on a cluster: one per node ("host:port")
         # (stream, group) -> (completion, consumer name) for buckets not acked by XACK
         self._completions: dict[tuple[str, str], tuple[Completion, str]] = {}
         self.acked = 0  # ids Redis confirmed acked
@@ -77,8 +80,19 @@ class AckBuffer:
     def __len__(self) -> int:
         return sum(map(len, self._pending.values()))
 
-    def take(self) -> dict[tuple[str, str], list[bytes]]:
-        """Remove and return everything buffered (for a caller that sends it itself)."""
+    def take(self, keys: frozenset[str] | None = None) -> dict[tuple[str, str], list[bytes]]:
+        """Remove and return everything buffered (for a caller that sends it itself), or
+        only the buckets of the streams ``keys`` (one cluster slot's)."""
+        if keys is not None:
+            batch = {}
+            for key, ids in self._pending.items():
+                if ids and key[0] in keys:
+                    batch[key] = ids[:]
+                    ids.clear()
+            if not any(self._pending.values()):
+                self._has_items.clear()
+                self._full.clear()
+            return batch
         batch = {key: ids[:] for key, ids in self._pending.items() if ids}
         for ids in self._pending.values():
             ids.clear()
@@ -101,6 +115,11 @@ class AckBuffer:
                 self.put_back({(stream, group): ids})  # e.g. NOSCRIPT: sent again, in full
                 continue
             if isinstance(result, Exception):
+                if is_transient(result):  # e.g. MOVED or READONLY during a cluster failover
+                    log.warning("xack_deferred", stream=stream, group=group, ids=len(ids),
+                                error=str(result))
+                    self.put_back({(stream, group): ids})
+                    continue
                 log.error("xack_failed", stream=stream, group=group, ids=len(ids), error=str(result))
                 continue
             n = int(result)
@@ -112,13 +131,16 @@ class AckBuffer:
                     hint="entries were already acked, deleted, or their group was recreated",
                 )
 
-    async def send_with(self, pipe: RawPipe, command: list[Any]) -> Any:
+    async def send_with(
+        self, pipe: RawPipe, command: list[Any], keys: frozenset[str] | None = None
+    ) -> Any:
         """Send the buffered acks and then ``command`` in one round trip; return its reply.
 
         The reader uses this so that acking costs no round trip of its own. A reply
-        that is an error is raised after the acks were accounted for.
+        that is an error is raised after the acks were accounted for. ``keys``: only
+        the acks of these streams (on a cluster, the ones in the reader's slot).
         """
-        batch = self.take() if self._has_items.is_set() else {}
+        batch = self.take(keys) if self._has_items.is_set() else {}
         commands = self._commands(batch)
         commands.append(command)
         try:
@@ -134,15 +156,41 @@ class AckBuffer:
         return reply
 
     async def flush(self) -> None:
-        """Send everything buffered now, in one round trip; keep the ids if sending fails."""
+        """Send everything buffered now, in one round trip (one per cluster node); keep the
+        ids whose sending failed."""
         batch = self.take()
         if not batch:
             return
-        if self._pipe is None:
-            self._pipe = RawPipe(self._client)
+        if not is_cluster(self._client):
+            if self._pipe is None:
+                self._pipe = RawPipe(self._client)
+            await self._send(self._pipe, batch)
+            return
+        by_node: dict[str, dict[tuple[str, str], list[bytes]]] = {}
+        for key, ids in batch.items():
+            try:
+                node = node_name(self._client, key[0])
+            except RedisError:  # no master for the slot now: that node's turn fails
+                node = "?"
+            by_node.setdefault(node, {})[key] = ids
+        failed: BaseException | None = None
+        for node, part in by_node.items():
+            pipe = self._pipes.get(node)
+            if pipe is None:
+                pipe = self._pipes[node] = RawPipe(self._client, next(iter(part))[0])
+            try:
+                await self._send(pipe, part)
+            except (RedisError, OSError) as exc:
+                failed = exc
+                self._pipes.pop(node, None)
+                await pipe.aclose()
+        if failed is not None:
+            raise failed
+
+    async def _send(self, pipe: RawPipe, batch: dict[tuple[str, str], list[bytes]]) -> None:
         commands = self._commands(batch)
         try:
-            results = await self._pipe.execute(commands)
+            results = await pipe.execute(commands)
         except (RedisError, OSError) as exc:
             self.put_back(batch)
             log.warning("ack_flush_failed", ids=sum(map(len, batch.values())), error=str(exc))
@@ -184,6 +232,9 @@ class AckBuffer:
     async def _close_pipe(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
+            await pipe.aclose()
+        pipes, self._pipes = list(self._pipes.values()), {}
+        for pipe in pipes:
             await pipe.aclose()
 
     def _commands(self, batch: dict[tuple[str, str], list[bytes]]) -> list[list[Any]]:

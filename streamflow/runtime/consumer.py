@@ -12,7 +12,7 @@
             └── cancel scope "intake"
                 └── task group
                     ├── (first, awaited) Claims.drain_own_pending
-                    ├── Reader.run x readers
+                    ├── Reader.run x readers (on a cluster: one per slot of its keys)
                     └── Reclaimer.run
 
 :meth:`stop` sets the one :class:`~.stop.StopSignal` the parts share: readers and the
@@ -30,6 +30,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from ..clustering import is_cluster, key_slot
 from ..config import Settings
 from ..keys import replay_stream
 from ..spec import HandlerSpec
@@ -97,18 +98,27 @@ class Consumer:
             group=self.group, consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
             stop=self.stop_signal, **common,
         )
+        # One XREADGROUP may only span one cluster slot: on a cluster, one reader per slot
+        # of this consumer's keys (each partition's keys share a slot), one loop each; on
+        # one server one reader over every key, with `readers` loops.
+        self.slot_keys = _by_slot(self.keys) if is_cluster(client) else [self.keys]
+        self.loops = settings.readers if len(self.slot_keys) == 1 else 1
         # Each read loop asks for at most a share of the slots (a third with two loops),
         # so the next read is already on its way while the slots work through a batch.
         batch = max(1, min(settings.batch_size, self.concurrency // (settings.readers + 1)))
-        self.reader = Reader(
-            client, pool=self.pool, acker=acker, groups=self.groups, origin=origin,
-            consumer=self.name,
-            block_ms=settings.block_ms, batch=batch,
-            max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
-            # A job queue's handlers are slow next to a read: a read waits for a twentieth
-            # of the slots, not half a batch, so slots do not idle waiting for company.
-            least=max(1, self.concurrency // 20) if spec.completion is not None else None,
-        )
+        self.readers = [
+            Reader(
+                client, pool=self.pool, acker=acker, groups=self.groups, origin=origin,
+                consumer=self.name,
+                block_ms=settings.block_ms, batch=batch,
+                max_payload_bytes=settings.max_payload_bytes, stop=self.stop_signal, **common,
+                # A job queue's handlers are slow next to a read: a read waits for a twentieth
+                # of the slots, not half a batch, so slots do not idle waiting for company.
+                least=max(1, self.concurrency // 20) if spec.completion is not None else None,
+                keys=keys if is_cluster(client) else None,
+            )
+            for keys in self.slot_keys
+        ]
         self.reclaimer = Reclaimer(
             client, spec, pool=self.pool, claims=self.claims, groups=self.groups,
             group=self.group, consumer=self.name, interval=settings.reclaim_interval,
@@ -139,8 +149,9 @@ class Consumer:
                         if not self.stop_signal.is_set:
                             async with anyio.create_task_group() as intake:
                                 await self.claims.drain_own_pending(self.groups.ready)
-                                for _ in range(self.settings.readers):
-                                    intake.start_soon(self.reader.run)
+                                for reader in self.readers:
+                                    for _ in range(self.loops):
+                                        intake.start_soon(reader.run)
                                 intake.start_soon(self.reclaimer.run)
                 outer.cancel_scope.cancel()
         finally:
@@ -178,6 +189,14 @@ class Consumer:
             concurrency=self.concurrency, in_flight=self.pool.in_flight,
             running=self.pool.running, reserved=self.pool.reserved,
         )
+
+
+def _by_slot(keys: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """``keys`` grouped by cluster slot, in first-seen order."""
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key), []).append(key)
+    return [tuple(g) for g in groups.values()]
 
 
 def _debug_enabled(bound: Any) -> bool:

@@ -37,7 +37,7 @@ class Reader:
         self, client: Any, *, pool: SlotPool, acker: AckBuffer, groups: Groups,
         origin: dict[str, str], consumer: str, block_ms: int, batch: int,
         max_payload_bytes: int, counters: Counters, stop: StopSignal, log: Any,
-        least: int | None = None,
+        least: int | None = None, keys: tuple[str, ...] | None = None,
     ) -> None:
         self.client = client  # each loop takes its own connection from this client's pool
         self.pool = pool  # where entries go; reserve() bounds every read
@@ -54,16 +54,21 @@ class Reader:
         self.log = log
         # reply key -> (key, the stream a handler sees: the original one for replay streams)
         self._by_raw = {k.encode(): (k, origin.get(k, k)) for k in groups.streams}
+        # On a Redis Cluster: the keys of one slot this reader reads (one XREADGROUP may not
+        # span slots) and whose acks ride with its reads; None: every key, one server.
+        self.keys = keys
+        self._mine = frozenset(keys) if keys is not None else None
 
     async def run(self) -> None:
         """Read batches until the stop signal is set (or cancelled)."""
         pool = self.pool
         groups = self.groups
         version = groups.version
-        read_args = self._command(groups.ready)
+        read_args = self._command(self._ready())
         batch = self.batch
         want = batch
-        reader = RawPipe(self.client)
+        reader = RawPipe(self.client, self.keys[0] if self.keys else None)
+        mine = self._mine
         delay = 0.0
         failing = False
         self.log.debug("read_loop_started", batch=batch, block_ms=self.block_ms)
@@ -75,11 +80,11 @@ class Reader:
                     return
                 if groups.version != version:  # a deferred group was created meanwhile
                     version = groups.version
-                    read_args = self._command(groups.ready)
+                    read_args = self._command(self._ready())
                 try:
                     read_args[5] = count
                     try:
-                        reply = await self.acker.send_with(reader, read_args)
+                        reply = await self.acker.send_with(reader, read_args, mine)
                     except (RedisError, OSError) as exc:
                         kind = classify(exc)
                         if kind is Kind.NOGROUP:
@@ -110,6 +115,13 @@ class Reader:
         finally:
             await reader.aclose()
             self.log.debug("read_loop_stopped", reads=self.counters.reads)
+
+    def _ready(self) -> tuple[str, ...]:
+        """The keys to read now: the groups' ready keys (of this reader's slot)."""
+        ready = self.groups.ready
+        if self._mine is None:
+            return ready
+        return tuple(k for k in ready if k in self._mine)
 
     def _command(self, keys: tuple[str, ...]) -> list[Any]:
         """The XREADGROUP command over ``keys`` (its COUNT, index 5, is set per read)."""
