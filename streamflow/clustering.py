@@ -21,10 +21,11 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import CrossSlotTransactionError, RedisClusterException, RedisError
 
+from .errors import ConfigError
 from .keys import hash_tag
 
 __all__ = [
-    "SLOTS", "StreamflowCluster", "is_cluster", "key_slot", "node_connection", "node_name",
+    "SLOTS", "StreamflowCluster", "check_same_slot", "is_cluster", "key_slot", "node_connection", "node_name",
     "refresh",
 ]
 
@@ -138,3 +139,19 @@ class _Pipeline(ClusterPipeline):
             if isinstance(exc, CrossSlotTransactionError):
                 raise
             raise RedisConnectionError(str(exc) or type(exc).__name__) from exc
+
+
+def check_same_slot(stream: str, companions: dict[str, str]) -> None:
+    """Raise :class:`ConfigError` unless every key of ``companions`` (what -> key) hashes
+    to ``stream``'s slot: a script or multi-key command touching both would be refused
+    (CROSSSLOT) on a cluster."""
+    slot = key_slot(stream)
+    for what, key in companions.items():
+        if key_slot(key) != slot:
+            hint = ("declare it partitioned (@app.handler(..., partitions=N) or "
+                    "app.stream(name, partitions=N)) or give it a hash tag, e.g. "
+                    f"'{{{stream}}}'") if hash_tag(stream) == stream else (
+                    f"give the {what} the same hash tag {{{hash_tag(stream)}}}")
+            raise ConfigError(
+                "streams", f"on a Redis Cluster, stream {stream!r} (slot {slot}) and its {what} "
+                f"{key!r} (slot {key_slot(key)}) must share a slot: {hint}")

@@ -30,6 +30,9 @@ __all__ = [
 
 #: The field holding a JSON payload written by ``App.publish``.
 JSON_FIELD = "sf:json"
+#: Field holding an entry's key when ``publish(..., key=...)`` was given one (it picks a
+#: partitioned stream's partition).
+KEY_FIELD = "sf:key"
 _JSON_FIELD_B = JSON_FIELD.encode()
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

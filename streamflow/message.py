@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .codec import JSON_FIELD, decode_fields
+from .codec import JSON_FIELD, KEY_FIELD, decode_fields
 from .codec import loads as _loads
 from .errors import PayloadError, PayloadTooLarge
 
@@ -12,6 +12,7 @@ __all__ = ["Message"]
 
 _UNSET: Any = object()
 _JSON_FIELD = JSON_FIELD.encode()
+_KEY_FIELD = KEY_FIELD.encode()
 
 
 class Message:
@@ -82,7 +83,8 @@ class Message:
         payload = self._payload
         if payload is _UNSET:
             raw = self._raw
-            if raw is not None and len(raw) == 2 and raw[0] == _JSON_FIELD:
+            if raw is not None and raw and raw[0] == _JSON_FIELD and (
+                    len(raw) == 2 or (len(raw) == 4 and raw[2] == _KEY_FIELD)):
                 data = raw[1]
                 if len(data) > self.max_bytes:
                     raise PayloadTooLarge(
@@ -96,6 +98,17 @@ class Message:
                 payload = self.fields
             self._payload = payload
         return payload
+
+    @property
+    def partition_key(self) -> str | None:
+        """The ``key`` the entry was published with (its ``sf:key`` field), else None."""
+        raw = self._raw
+        if raw is not None:
+            for i in range(0, len(raw) - 1, 2):
+                if raw[i] == _KEY_FIELD:
+                    value = raw[i + 1]
+                    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        return None
 
     @property
     def replayed(self) -> bool:

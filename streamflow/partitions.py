@@ -25,6 +25,7 @@ import functools
 import zlib
 
 from .clustering import key_slot
+from .codec import KEY_FIELD
 from .errors import ConfigError
 
 __all__ = [
@@ -35,9 +36,6 @@ __all__ = [
     "partition_keys",
     "partition_tag",
 ]
-
-#: Field holding an entry's partition key (``publish(..., key=...)``): per-key order reads it.
-KEY_FIELD = "sf:key"
 
 #: Most partitions a stream may have (a slice of the slots per partition stays >= 16).
 MAX_PARTITIONS = 1024

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -25,10 +26,11 @@ import anyio.abc
 import structlog
 from redis.exceptions import RedisError
 
+from .clustering import check_same_slot, is_cluster
 from .config import Settings, unknown_env_vars
 from .connection import Connection, redact_url
 from .errors import ConfigError, ConsumerNameInUse
-from .keys import host_label, slot_consumer_name
+from .keys import consumer_leases_key, host_label, replay_stream, slot_consumer_name
 from .permissions import check_permissions
 from .redis_errors import TRANSIENT
 from .runtime.acks import AckBuffer
@@ -36,7 +38,7 @@ from .runtime.consumer import Consumer
 from .runtime.identity import LEASE_TTL, Identity, fixed_name
 from .runtime.loopwatch import LoopWatch
 from .runtime.stopped import report_stopped_consumers
-from .spec import Registry
+from .spec import HandlerSpec, Registry
 from .stats import WorkerStats
 
 __all__ = ["Worker", "default_consumer_name", "run_worker"]
@@ -152,6 +154,8 @@ class Worker:
             # (the streams of job queues with periodic tasks: their workers enqueue ticks)
             periodic = [p.task.stream for p in getattr(getattr(self.app, "jobs", None),
                                                        "periodic", ())]
+            if is_cluster(client):
+                check_slots(self.app.handlers)
             await check_permissions(client, self.app.handlers, self.name, periodic)
             await warn_if_streams_can_be_evicted(client)
             if not await self._take_name(client):
@@ -342,6 +346,18 @@ async def warn_if_streams_can_be_evicted(client: Any) -> str | None:
         )
         return policy
     return None
+
+
+def check_slots(handlers: Sequence[HandlerSpec]) -> None:
+    """On a Redis Cluster: each stream's dead-letter and replay streams and its consumer
+    leases must live in its slot (the runtime's scripts touch them together)."""
+    for spec in handlers:
+        for stream in spec.streams:
+            check_same_slot(stream, {
+                "dead-letter stream": spec.dead_letter_stream(stream),
+                "replay stream": replay_stream(stream, spec.group),
+                "consumer leases hash": consumer_leases_key(stream, spec.group),
+            })
 
 
 def run_worker(app: Registry, settings: Settings) -> int:
