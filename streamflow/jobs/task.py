@@ -134,7 +134,7 @@ class Task(Generic[P, R]):
         commands = [self._command(a, k, None, None, None, None) for a, k in calls]
         client = await self._source.client()
         await self._source.register_queue(client, self.queue, self.stream)
-        await client.execute_command("SCRIPT", "LOAD", scripts.ENQUEUE)
+        await client.execute_command("SCRIPT LOAD", scripts.ENQUEUE)
         jobs: list[Job] = []
         pipe = RawPipe(client, self.stream)
         try:
