@@ -81,6 +81,7 @@ class App(JobsMixin):
         start_id: str = "0",
         retention: Retention | None = None,
         partitions: int | None = None,
+        ordered: bool = False,
     ) -> Callable[[H], H]:
         """Register an ``async def handler(msg)`` for one or more streams.
 
@@ -95,7 +96,11 @@ class App(JobsMixin):
         yet starts: ``0`` (the default: every entry already in the stream is handled) or
         ``$`` (only entries added from now on); an existing group keeps its position.
         ``partitions=N`` declares every stream given partitioned into N streams (as
-        :meth:`stream` does) and reads all of them.
+        :meth:`stream` does) and reads all of them. ``ordered=True`` runs the entries
+        of one key (``publish(..., key=)``) one after another in publish order, different
+        keys concurrently; a failed entry is retried in place and holds its key's later
+        entries back until it succeeded or was dead-lettered; each partition is read by
+        one worker at a time (see docs/scaling.md).
         """
         check_handler_options(streams, concurrency=concurrency, timeout=timeout,
                               start_id=start_id, dead_letter=dead_letter)
@@ -131,6 +136,7 @@ class App(JobsMixin):
                     dead_letter=dead_letter,
                     start_id=start_id,
                     retention=retention,
+                    ordered=bool(ordered),
                 )
             )
             return registered

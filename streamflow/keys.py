@@ -27,6 +27,7 @@ __all__ = [
     "job_done_key",
     "job_key",
     "job_key_prefix",
+    "owner_key",
     "queue_stream",
     "parse_id",
     "replay_stream",
@@ -87,6 +88,12 @@ def consumer_leases_key(stream: str, group: str) -> str:
     consumer name, never let two processes share one.)
     """
     return f"{CONSUMER_LEASES_PREFIX}{stream}:{group}"
+
+
+def owner_key(stream: str, group: str) -> str:
+    """Who owns ``stream`` (a partition) for ``group``'s ordered handler: a string key with
+    a lease, ``streamflow:owner:orders:{p3}:billing`` (the stream's hash tag, its slot)."""
+    return f"streamflow:owner:{stream}:{group}"
 
 
 def host_label(hostname: str | None = None) -> str:

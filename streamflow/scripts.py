@@ -10,6 +10,8 @@ __all__ = [
     "NAME_RELEASE",
     "NAME_RENEW",
     "NAME_TAKE",
+    "OWNER_RELEASE",
+    "OWNER_TAKE",
     "REPLAY",
 ]
 
@@ -144,5 +146,23 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and string.match(cur, '^%d+:(%x+):') == ARGV[2] then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
+return 0
+"""
+
+#: Take or renew the ownership of a partition (``ordered=True`` handlers): KEYS[1] the
+#: owner key, ARGV[1] the consumer name, ARGV[2] the lease in ms. Returns 2 taken (it was
+#: free), 1 renewed (it was ours already: also after a restart under the same name),
+#: 0 another consumer owns it.
+OWNER_TAKE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+if cur then return 1 end
+return 2
+"""
+
+#: Give up the ownership of KEYS[1] if consumer ARGV[1] still holds it. Returns 1 or 0.
+OWNER_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """

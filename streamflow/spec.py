@@ -99,6 +99,8 @@ class HandlerSpec:
     # per-entry timeout (job queues; ``timeout`` is then the shortest, for the watchdog's tick)
     timeout_of: TimeoutOf | None = None
     completion: Completion | None = None  # writes results with acks (job queues)
+    # one entry per key (sf:key) at a time, in stream order; partitions read by one owner
+    ordered: bool = False
 
     def retry_for(self, raw_fields: list[bytes] | None) -> Retry:
         """The retry policy of one entry: ``retry_of(raw_fields)`` when set, else ``retry``."""

@@ -123,13 +123,14 @@ class Claims:
             batch.append(msg)
         self.pool.submit(batch)
 
-    async def drain_own_pending(self, streams: tuple[str, ...]) -> None:
+    async def drain_own_pending(self, streams: tuple[str, ...], *, everyone: bool = False) -> None:
         """Take back this consumer's own pending entries (after a restart under its name).
 
         Walks the consumer's PEL once per stream, in id order, claiming (XCLAIM, which
         counts the delivery) as many entries at a time as there are free slots. A
         connection error or a server restart on the way is ridden out with backoff: the
-        walk resumes after the last id it handed over.
+        walk resumes after the last id it handed over. ``everyone``: every consumer's
+        pending entries (an ordered handler taking a partition over).
         """
         for stream in streams:
             cursor = ["-"]  # XPENDING start of what is not handed over yet
@@ -137,7 +138,7 @@ class Claims:
             self._draining_after_error = False
             while not self.stop.is_set:
                 try:
-                    done = await self._drain_page(stream, cursor)
+                    done = await self._drain_page(stream, cursor, everyone)
                 except (RedisError, OSError) as exc:
                     kind = classify(exc)
                     if kind is Kind.NOGROUP:
@@ -156,14 +157,15 @@ class Claims:
                 if done:
                     break
 
-    async def _drain_page(self, stream: str, cursor: list[str]) -> bool:
+    async def _drain_page(self, stream: str, cursor: list[str], everyone: bool = False) -> bool:
         """Claim one XPENDING page of own entries from ``cursor[0]``; True when none are left.
 
         ``cursor[0]`` moves past each chunk only once the chunk was handed to the slots,
         so a retry after an error claims again exactly what was not handed over.
         """
         rows = await self.client.execute_command(
-            "XPENDING", stream, self.group, cursor[0], "+", OWN_PAGE, self.consumer
+            "XPENDING", stream, self.group, cursor[0], "+", OWN_PAGE,
+            *(() if everyone else (self.consumer,)),
         )
         if self._draining_after_error:
             self.log.info("own_pending_drain_recovered", stream=stream)

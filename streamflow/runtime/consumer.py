@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
+from redis.exceptions import RedisError
 
 from ..clustering import is_cluster, key_slot
 from ..config import Settings
@@ -41,6 +42,8 @@ from .failures import Failures
 from .groups import Groups
 from .leases import renew_leases, watchdog
 from .maintenance import Maintenance
+from .ordering import KeyOrder
+from .ownership import Ownership
 from .reader import Reader
 from .reclaimer import Reclaimer
 from .slots import SlotPool, logging_handled
@@ -81,10 +84,17 @@ class Consumer:
         func = spec.func
         if _debug_enabled(self.log):
             func = logging_handled(func, self.log)
+        on_failure = self.failures.handle
+        # ordered=True: one entry per key at a time, retried in place (runtime/ordering.py)
+        self.order: KeyOrder | None = None
+        if spec.ordered:
+            self.order = KeyOrder(func, spec, on_failure=on_failure, counters=self.counters,
+                                  log=self.log)
+            func, on_failure = self.order.handle, self.order.on_failure
         self.pool = SlotPool(
             func, concurrency=self.concurrency, acker=acker, group=self.group,
             keys=self.keys, counters=self.counters, stop=self.stop_signal,
-            on_failure=self.failures.handle, eager_acks=spec.completion is not None,
+            on_failure=on_failure, eager_acks=spec.completion is not None,
         )
         if spec.completion is not None:
             for key in self.keys:
@@ -98,6 +108,14 @@ class Consumer:
             group=self.group, consumer=self.name, max_payload_bytes=settings.max_payload_bytes,
             stop=self.stop_signal, **common,
         )
+        # ordered=True: only the owner of a partition reads it (runtime/ownership.py)
+        self.owners: Ownership | None = None
+        if spec.ordered:
+            self.owners = Ownership(
+                client, streams=self.streams, origin=origin, group=self.group,
+                consumer=self.name, lease=settings.visibility_timeout, claims=self.claims,
+                stop=self.stop_signal, log=self.log,
+            )
         # One XREADGROUP may only span one cluster slot: on a cluster, one reader per slot
         # of this consumer's keys (each partition's keys share a slot), one loop each; on
         # one server one reader over every key, with `readers` loops.
@@ -115,7 +133,7 @@ class Consumer:
                 # A job queue's handlers are slow next to a read: a read waits for a twentieth
                 # of the slots, not half a batch, so slots do not idle waiting for company.
                 least=max(1, self.concurrency // 20) if spec.completion is not None else None,
-                keys=keys if is_cluster(client) else None,
+                keys=keys if is_cluster(client) else None, owners=self.owners,
             )
             for keys in self.slot_keys
         ]
@@ -124,6 +142,7 @@ class Consumer:
             group=self.group, consumer=self.name, interval=settings.reclaim_interval,
             visibility_timeout=settings.visibility_timeout, stop=self.stop_signal, **common,
         )
+        self._acker = acker
         self.maintenance = Maintenance(client, spec, consumer=self.name,
                                        dead_consumer_after=settings.dead_consumer_after,
                                        log=self.log, counters=self.counters, keys=self.keys)
@@ -140,7 +159,8 @@ class Consumer:
             task_status.started()
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._leases)
-                outer.start_soon(watchdog, self.pool, self.spec.timeout, self.spec.timeout_of)
+                if self.order is None:  # an ordered handler times each attempt itself
+                    outer.start_soon(watchdog, self.pool, self.spec.timeout, self.spec.timeout_of)
                 outer.start_soon(self.maintenance.run, self.stop_signal)
                 outer.start_soon(self.groups.create_deferred)
                 async with self.pool.open():
@@ -148,14 +168,33 @@ class Consumer:
                         self._intake_scope = intake_scope
                         if not self.stop_signal.is_set:
                             async with anyio.create_task_group() as intake:
-                                await self.claims.drain_own_pending(self.groups.ready)
+                                if self.owners is not None:
+                                    # owned partitions' pending entries are claimed as each
+                                    # is taken; nothing is parked for the reclaimer
+                                    intake.start_soon(self.owners.run)
+                                else:
+                                    await self.claims.drain_own_pending(self.groups.ready)
                                 for reader in self.readers:
                                     for _ in range(self.loops):
                                         intake.start_soon(reader.run)
-                                intake.start_soon(self.reclaimer.run)
+                                if self.owners is None:
+                                    intake.start_soon(self.reclaimer.run)
+                if self.owners is not None:
+                    await self._release_partitions()
                 outer.cancel_scope.cancel()
         finally:
             self.drained.set()
+
+    async def _release_partitions(self) -> None:
+        """After the slots drained: send the acks, then give the partitions back (a
+        new owner would otherwise run again what ran here)."""
+        assert self.owners is not None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self._acker.flush()
+            except (RedisError, OSError) as exc:
+                self.log.warning("ack_flush_failed", error=str(exc) or type(exc).__name__)
+            await self.owners.release_all()
 
     async def _leases(self) -> None:
         await renew_leases(self.pool, self._client, group=self.group, consumer=self.name,

@@ -24,6 +24,7 @@ from ..redis_errors import Kind, classify
 from ..stats import Counters
 from .acks import AckBuffer
 from .groups import Groups
+from .ownership import Ownership
 from .slots import SlotPool
 from .stop import StopSignal
 
@@ -38,6 +39,7 @@ class Reader:
         origin: dict[str, str], consumer: str, block_ms: int, batch: int,
         max_payload_bytes: int, counters: Counters, stop: StopSignal, log: Any,
         least: int | None = None, keys: tuple[str, ...] | None = None,
+        owners: Ownership | None = None,
     ) -> None:
         self.client = client  # each loop takes its own connection from this client's pool
         self.pool = pool  # where entries go; reserve() bounds every read
@@ -58,12 +60,16 @@ class Reader:
         # span slots) and whose acks ride with its reads; None: every key, one server.
         self.keys = keys
         self._mine = frozenset(keys) if keys is not None else None
+        # An ordered handler's partitions are read only by their owner: the keys of the
+        # partitions this consumer owns now (None: every key).
+        self.owners = owners
 
     async def run(self) -> None:
         """Read batches until the stop signal is set (or cancelled)."""
         pool = self.pool
         groups = self.groups
-        version = groups.version
+        owners = self.owners
+        version = groups.version + (owners.version if owners is not None else 0)
         read_args = self._command(self._ready())
         batch = self.batch
         want = batch
@@ -78,9 +84,16 @@ class Reader:
                 count = await pool.reserve(want, max(1, min(least, want)))
                 if not count:
                     return
-                if groups.version != version:  # a deferred group was created meanwhile
-                    version = groups.version
+                now = groups.version + (owners.version if owners is not None else 0)
+                if now != version:  # a deferred group was created, a partition taken or left
+                    version = now
                     read_args = self._command(self._ready())
+                if owners is not None and len(read_args) == 9:  # owns none of its keys now
+                    pool.release(count)
+                    await owners.changed(owners.version)
+                    if self.stop.is_set:
+                        return
+                    continue
                 try:
                     read_args[5] = count
                     try:
@@ -119,9 +132,11 @@ class Reader:
     def _ready(self) -> tuple[str, ...]:
         """The keys to read now: the groups' ready keys (of this reader's slot)."""
         ready = self.groups.ready
-        if self._mine is None:
-            return ready
-        return tuple(k for k in ready if k in self._mine)
+        if self._mine is not None:
+            ready = tuple(k for k in ready if k in self._mine)
+        if self.owners is not None:
+            ready = tuple(k for k in ready if self.owners.allows(k))
+        return ready
 
     def _command(self, keys: tuple[str, ...]) -> list[Any]:
         """The XREADGROUP command over ``keys`` (its COUNT, index 5, is set per read)."""
