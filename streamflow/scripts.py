@@ -150,14 +150,19 @@ return 0
 """
 
 #: Take or renew the ownership of a partition (``ordered=True`` handlers): KEYS[1] the
-#: owner key, ARGV[1] the consumer name, ARGV[2] the lease in ms. Returns 2 taken (it was
-#: free), 1 renewed (it was ours already: also after a restart under the same name),
-#: 0 another consumer owns it.
+#: owner key, ARGV[1] the consumer name, ARGV[2] the lease in ms, ARGV[3..] the names of
+#: the group's live consumers (an owner not among them is dead: its lease is taken over).
+#: Returns 2 taken (free, or a dead consumer's), 1 renewed (ours already: also after a
+#: restart under the same name), 0 a live consumer owns it.
 OWNER_TAKE = """
 local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
+if cur and cur ~= ARGV[1] then
+  for i = 3, #ARGV do
+    if ARGV[i] == cur then return 0 end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-if cur then return 1 end
+if cur == ARGV[1] then return 1 end
 return 2
 """
 

@@ -4,10 +4,11 @@ of the group at a time, so the entries of a key never run in two workers at once
 A consumer owns a partition while it holds the partition's owner key
 (:func:`~streamflow.keys.owner_key`, in the partition's slot) with a lease of
 ``visibility_timeout``, renewed every third of it. Every step it counts the group's live
-consumers (unexpired consumer-name leases, :mod:`streamflow.name_lease`), takes free
-partitions up to its fair share (``ceil(partitions / live)``) and gives back what it holds
-beyond it: it stops reading such a partition and releases it once nothing of it is
-pending to this consumer (its entries ran and were acked). No coordinator: the owner
+consumers (unexpired consumer-name leases whose process is not provably dead, see
+:mod:`streamflow.name_lease`), takes free partitions (and those of dead consumers) up to
+its fair share (``ceil(partitions / live)``) and gives back what it holds beyond it: it
+stops reading such a partition and releases it once nothing of it is pending to this
+consumer (its entries ran and were acked). No coordinator: the owner
 keys and the consumer leases are the whole protocol.
 
 Taking a partition over first claims every entry still pending in it, of whatever
@@ -30,7 +31,8 @@ from redis.exceptions import RedisError
 
 from .. import scripts
 from ..connection import server_time_ms
-from ..keys import consumer_leases_key, owner_key
+from ..keys import owner_key
+from ..name_lease import judge, read_holders
 from .claims import Claims
 from .stop import StopSignal
 
@@ -90,13 +92,14 @@ class Ownership:
 
     async def step(self) -> None:
         """One pass: renew, count live consumers, take up to the fair share, give back extras."""
+        live = await self._live()
         for key in sorted(self.owned | self.releasing):
-            if await self._take(key) == 0:
+            if await self._take(key, live) == 0:
                 self.log.warning("partition_lost", stream=key, group=self.group,
                                  hint="its lease was not renewed in time; another consumer owns it")
                 self.releasing.discard(key)
                 self._drop(key)
-        fair = math.ceil(len(self.streams) / await self._live())
+        fair = math.ceil(len(self.streams) / len(live))
         n = len(self.streams)
         for i in range(n):
             if len(self.owned) + len(self.releasing) >= fair or self.stop.is_set:
@@ -104,7 +107,7 @@ class Ownership:
             key = self.streams[(self._offset + i) % n]
             if key in self.owned or key in self.releasing:
                 continue
-            if await self._take(key):
+            if await self._take(key, live):
                 await self._handover(key)
         while len(self.owned) > fair:
             key = max(self.owned)
@@ -142,9 +145,9 @@ class Ownership:
         event, self._changed = self._changed, anyio.Event()
         event.set()
 
-    async def _take(self, key: str) -> int:
+    async def _take(self, key: str, live: set[str]) -> int:
         return int(await self.client.eval(scripts.OWNER_TAKE, 1, owner_key(key, self.group),
-                                          self.consumer, self.lease_ms))
+                                          self.consumer, self.lease_ms, *sorted(live)))
 
     async def _release(self, key: str) -> None:
         await self.client.eval(scripts.OWNER_RELEASE, 1, owner_key(key, self.group),
@@ -158,14 +161,11 @@ class Ownership:
                 return True
         return False
 
-    async def _live(self) -> int:
-        """Consumers of the group with an unexpired name lease (at least this one)."""
-        raw = await self.client.hgetall(consumer_leases_key(self.streams[0], self.group))
-        now = await server_time_ms(self.client) if raw else 0
-        live = 0
-        for value in raw.values():
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            expiry = text.split(":", 1)[0]
-            if expiry.isdigit() and int(expiry) > now:
-                live += 1
-        return max(1, live)
+    async def _live(self) -> set[str]:
+        """Names of the group's consumers with an unexpired lease whose process is not
+        provably dead (this one included)."""
+        holders = await read_holders(self.client, self.streams[0], self.group)
+        now = await server_time_ms(self.client) if holders else 0
+        live = {name for name, h in holders.items() if h.expires_ms > now and judge(h) != "dead"}
+        live.add(self.consumer)
+        return live
