@@ -188,8 +188,8 @@ def _split_query(url: str) -> tuple[Any, dict[str, str], _Tls | None]:
     if parts.scheme.lower() not in ("rediss", "rediss+cluster"):
         if given:
             raise ConfigError(
-                "redis_url", f"{', '.join(given)} only apply to TLS connections; use a rediss:// "
-                "(or rediss+cluster://) URL"
+                "redis_url", f"{', '.join(given)} only apply to TLS connections; use a rediss:// URL "
+                "(rediss+cluster:// for a Redis Cluster)"
             )
         return parts, query, None
     for name in _FILE_OPTIONS:

@@ -345,7 +345,9 @@ async def check_permissions(
     if not missing:
         return
     missing = list(dict.fromkeys(missing))
-    user = client.connection_pool.connection_kwargs.get("username") or "default"
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
+    kwargs = pool.connection_kwargs if pool is not None else client.connection_kwargs
+    user = kwargs.get("username") or "default"
     parts = [
         f"{command} on {key!r} ({reason})" if key else f"{command} ({reason})"
         for command, key, reason in missing

@@ -1,7 +1,8 @@
 """Start-up messages about settings say what the user gave and what is wrong with it.
 
 Each case is one a new user hits: a setting blamed that the user never set, a number that
-must be whole, a database path that is no number, a cluster URL, a misspelt variable.
+must be whole, a database path that is no number, a cluster URL with a database, a misspelt
+variable.
 """
 
 from __future__ import annotations
@@ -116,16 +117,22 @@ def test_good_databases_are_accepted() -> None:
         assert Settings.load({"redis_url": url}, env={}).redis_url == url
 
 
-@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000/0", "rediss+cluster://h:7000"])
-def test_cluster_urls_are_refused_at_start_up(url: str) -> None:
-    """redis+cluster:// and rediss+cluster:// are refused by Settings validation (and by the CLI with one
-    line), since streamflow does not speak Redis Cluster yet."""
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000/0", "rediss+cluster://h:7000",
+                                 "redis+cluster://h:7000?db=0"])
+def test_cluster_urls_are_accepted(url: str) -> None:
+    """redis+cluster:// and rediss+cluster:// are Redis Cluster URLs (database 0 only)."""
+    assert Settings.load({"redis_url": url}, env={}).redis_url == url
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000/1", "rediss+cluster://h:7000?db=2"])
+def test_cluster_urls_with_another_database_are_refused_at_start_up(url: str) -> None:
+    """A Redis Cluster has database 0 only: another one stops the worker at start-up, one line."""
     with pytest.raises(ConfigError) as info:
         Settings.load({"redis_url": url}, env={})
     assert info.value.setting == "redis_url"
-    assert "Redis Cluster is not supported" in str(info.value), str(info.value)
+    assert "only database 0" in str(info.value), str(info.value)
     line = _one_line_error(_cli("run", "tests.apps.slow:app", "--redis-url", url))
-    assert "Redis Cluster is not supported" in line
+    assert "only database 0" in line
 
 
 def test_unknown_env_vars_are_found_with_the_closest_setting() -> None:
