@@ -5,7 +5,11 @@ distribution (or ``pytest_plugins = ["streamflow.testing"]``). Its fixtures, def
 when pytest is installed: ``redis_server``, ``valkey_server``, ``any_server`` (session
 scope, each a :class:`~streamflow.embedded.ServerProcess` on a free loopback port),
 ``redis_url`` and ``any_redis_url`` (a URL, the server flushed before each test;
-``any_redis_url`` runs the test on Redis 7 and on Valkey 9) and ``anyio_backend``.
+``any_redis_url`` runs the test on Redis 7 and on Valkey 9); Redis Clusters of 3 masters +
+3 replicas (:class:`~streamflow.embedded.LocalCluster`): ``redis_cluster``,
+``valkey_cluster``, ``any_cluster`` (session scope), ``cluster_url`` (every master flushed
+before each test, on both servers) and ``make_cluster`` (a factory of fresh clusters for
+tests that kill nodes, on both servers); and ``anyio_backend``.
 
 Helpers (no pytest needed), for an app's own tests and for streamflow's:
 
@@ -62,19 +66,31 @@ __all__ = [
 
 if importlib.util.find_spec("pytest") is not None:  # the fixtures need pytest, the rest not
     from .fixtures import (
+        ClusterFactory,
+        any_cluster,
         any_redis_url,
         any_server,
         anyio_backend,
+        cluster_url,
+        make_cluster,
+        redis_cluster,
         redis_server,
         redis_url,
+        valkey_cluster,
         valkey_server,
     )
 
     __all__ += [
+        "ClusterFactory",
+        "any_cluster",
         "any_redis_url",
         "any_server",
         "anyio_backend",
+        "cluster_url",
+        "make_cluster",
+        "redis_cluster",
         "redis_server",
         "redis_url",
+        "valkey_cluster",
         "valkey_server",
     ]
