@@ -25,8 +25,8 @@ from .errors import ConfigError
 from .keys import hash_tag
 
 __all__ = [
-    "SLOTS", "StreamflowCluster", "check_same_slot", "is_cluster", "key_slot", "node_connection", "node_name",
-    "refresh",
+    "SLOTS", "StreamflowCluster", "check_same_slot", "initialized", "is_cluster", "key_slot",
+    "node_connection", "node_name", "refresh",
 ]
 
 log = structlog.get_logger("streamflow.cluster")
@@ -71,6 +71,15 @@ def node_name(client: Any, key: str) -> str:
         raise RedisConnectionError(f"no master serves {key!r} now: {exc}") from exc
 
 
+async def initialized(client: Any) -> None:
+    """Make sure a cluster client has read the slot map (it does so on its first command)."""
+    if getattr(client, "_initialize", False):
+        try:
+            await client.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(str(exc) or type(exc).__name__) from exc
+
+
 async def node_connection(client: Any, key: str) -> tuple[Any, Any]:
     """``(node, connection)``: a connection of the master serving ``key``'s slot, taken
     from that node's free list (give it back with ``node.release(connection)``).
@@ -79,8 +88,7 @@ async def node_connection(client: Any, key: str) -> tuple[Any, Any]:
     under way): a transient error, like a lost connection.
     """
     try:
-        if getattr(client, "_initialize", False):
-            await client.initialize()
+        await initialized(client)
         node = client.get_node_from_key(key)
         return node, node.acquire_connection()
     except (RedisClusterException, RedisError) as exc:

@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from .clustering import is_cluster, node_name
+from .clustering import initialized, is_cluster, node_name
 from .codec import JSON_FIELD, encode_fields, encode_json
 from .config import validate_name
 from .connection import Connection
@@ -163,6 +163,8 @@ class Publisher:
     ) -> list[str]:
         """Send XADDs grouped by node (one group on one server), each group followed by its
         WAIT / WAITAOF when durable; the ids in the order of ``commands``."""
+        if is_cluster(client):
+            await initialized(client)
         groups: dict[str, list[int]] = {}
         for i, (target, _) in enumerate(commands):
             groups.setdefault(node_name(client, target) if is_cluster(client) else "", []).append(i)

@@ -197,7 +197,7 @@ async def test_ordered_through_a_worker_killed_with_9(cluster_url: str, redis_ur
                 [sys.executable, "-m", "streamflow", "run", "tests.apps.ordered:app",
                  "--redis-url", cluster_url],
                 cwd=ROOT, env=env | {"STREAMFLOW_WORKER_SLOT": str(slot)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=open(f"/tmp/ordw{slot}.log", "w"), stderr=subprocess.STDOUT))
         app = App(redis_url=cluster_url)
         app.stream("ord", partitions=6)
         items = [{"k": f"k{i % 30}", "n": i // 30, "sleep": 0.01} for i in range(1200)]
@@ -267,7 +267,9 @@ async def test_durable_publish_waits_for_a_replica(cluster_url: str) -> None:
     app.stream("d", partitions=3)
     ids = [await app.publish("d", {"n": i}, key=str(i), durable=True) for i in range(20)]
     ids += await app.publish_many("d", [{"n": i} for i in range(20, 60)], durable=True)
-    assert len(set(ids)) == 60
+    assert len(ids) == 60 and all("-" in i for i in ids)  # (partitions may repeat an id)
+    client = await app.connection.client()
+    assert sum([await client.xlen(k) for k in app.stream("d", partitions=3)]) == 60
     await app.aclose()
 
 

@@ -9,7 +9,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
-from ..clustering import is_cluster, node_name
+from ..clustering import initialized, is_cluster, node_name
 from ..rawpipe import RawPipe
 from ..redis_errors import is_transient
 from ..spec import Completion
@@ -166,6 +166,11 @@ class AckBuffer:
                 self._pipe = RawPipe(self._client)
             await self._send(self._pipe, batch)
             return
+        try:
+            await initialized(self._client)
+        except RedisError:
+            self.put_back(batch)
+            raise
         by_node: dict[str, dict[tuple[str, str], list[bytes]]] = {}
         for key, ids in batch.items():
             try:
