@@ -323,7 +323,7 @@ def _publish(r: redis.Redis, n: int, **job: Any) -> list[str]:
 
 def _pending_of(r: redis.Redis, consumer: str) -> set[str]:
     rows = r.xpending_range(STREAM, GROUP, "-", "+", 1000, consumername=consumer)
-    return {row["message_id"] for row in rows}
+    return {str(row["message_id"]) for row in rows}
 
 
 def test_two_processes_share_one_stream_and_drain_on_sigterm(
