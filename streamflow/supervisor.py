@@ -84,11 +84,18 @@ def supervise(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``run --processes N`` (N > 1): supervise N workers; ``parser`` is ``run``'s."""
     from .logging import configure_logging
 
+    if not hasattr(signal, "SIGCHLD"):
+        raise ConfigError("--processes", "needs a POSIX system (Linux, macOS); run one "
+                          "worker per process yourself here")
     if args.embedded:
         raise ConfigError("--processes", f"{args.processes} processes cannot share --embedded "
                           "(each would start its own private server); give --redis-url")
     plans = plan_children(args.processes, args.consumer_name)
     configure_logging(*_log_options(args.log_level, args.log_format))
+    if not sys.platform.startswith("linux"):
+        log.warning("supervisor_without_pdeathsig", platform=sys.platform,
+                    hint="worker processes outlive a supervisor killed with SIGKILL here; "
+                         "stop it with SIGTERM or SIGINT")
     command = child_arguments(parser, args, drop=("processes", "consumer_name"))
     return Supervisor(command, plans).run()
 

@@ -336,6 +336,8 @@ def test_two_processes_share_one_stream_and_drain_on_sigterm(
     # every other flag reached the workers: --concurrency 3 (the app says 4)
     assert {h["concurrency"] for e in sup.events("worker_started") for h in e["handlers"]} == {3}
     assert r.hgetall("procs:env") == {"0": "2:0:-", "1": "2:1:-"}
+    for slot in (0, 1):  # own process groups: a terminal's Ctrl-C reaches them only once
+        assert os.getpgid(sup.pid_of(slot)) == sup.pid_of(slot) != os.getpgid(sup.proc.pid)
 
     ids = _publish(r, 120, sleep=0.02)
     sup.wait(lambda: r.scard("procs:done") == len(ids), "every entry handled")
@@ -405,7 +407,7 @@ def test_a_configuration_error_in_the_workers_stops_the_supervisor(
     assert "invalid setting STREAMFLOW_BLOCK_MS: 'abc' is not a whole number" in sup.text()
 
 
-def test_a_second_sigterm_forces_the_workers_and_exits_143(
+def test_a_second_signal_forces_the_workers_and_exits_128_plus_its_number(
     supervised: Callable[..., Supervised], r: redis.Redis
 ) -> None:
     sup = supervised("--processes", "2")
@@ -413,8 +415,9 @@ def test_a_second_sigterm_forces_the_workers_and_exits_143(
     _publish(r, 8, sleep=30)
     sup.wait(lambda: all(_consumers(r).get(slot_consumer_name(HOST, i)) for i in (0, 1)),
              "both workers busy")
-    sup.signal(signal.SIGTERM)
-    sup.wait(lambda: len(sup.events("worker_stopping")) == 2, "both workers draining")
+    sup.signal(signal.SIGINT)
+    sup.wait(lambda: len(sup.events("worker_stopping", reason="SIGINT")) == 2,
+             "both workers draining")
     t0 = time.monotonic()
     sup.signal(signal.SIGTERM)
     assert sup.exit_status() == 128 + signal.SIGTERM, sup.text()
