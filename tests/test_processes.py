@@ -212,6 +212,32 @@ def test_backoff_doubles_to_a_cap_and_resets_after_a_stable_run() -> None:
     assert b.next_delay(0.1) == 1.0
 
 
+def test_each_log_line_is_one_write(
+    monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    """Worker processes share the supervisor's stderr: a line and its newline go out in one
+    write, so lines of two processes never merge (print() writes them separately)."""
+    import io
+
+    import structlog
+
+    from streamflow.logging import configure_logging
+
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    stream = Stream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("info", "json")
+    structlog.get_logger("t").info("one_line", n=1)
+    structlog.get_logger("t").warning("two_lines", n=2)
+    assert len(writes) == 2 and all(w.endswith("}\n") for w in writes), writes
+
+
 # -- the supervisor, for real -----------------------------------------------------------------
 
 
