@@ -13,6 +13,7 @@ from typing import Any
 from .app import App
 from .cli_types import positive_float as _positive_float
 from .cli_types import positive_int as _positive_int
+from .cli_types import processes as _processes
 from .config import LOOPS
 from .errors import AppLoadError, StreamflowError
 
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fixed consumer name (default: <host>-<slot>, lowest free slot)")
     tuning.add_argument("--loop", choices=LOOPS,
                         help="event loop (default auto: uvloop when installed, else asyncio)")
+    tuning.add_argument("--processes", type=_processes, default=1, metavar="N|auto",
+                        help="worker processes under a small supervisor, one slot each "
+                             "(default 1: this process only; auto: one per usable core)")
+    run.set_defaults(run_parser=run)
     logs = run.add_argument_group("logging")
     logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     logs.add_argument("--log-format", choices=["auto", "console", "json"],
@@ -181,8 +186,12 @@ def _first_leaf(group: BaseException) -> BaseException:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .processes import prepare_child
+    from .supervisor import supervise
     from .worker import run_worker
 
+    if args.processes > 1:
+        return supervise(args, args.run_parser)
     app = load_app(args.app)
     url = "embedded://" if args.embedded else args.redis_url
     settings = app.settings(
@@ -191,4 +200,5 @@ def _run(args: argparse.Namespace) -> int:
         visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
         loop=args.loop,
     )
+    prepare_child(app, settings)  # (only in a worker process a supervisor started)
     return run_worker(app, settings)

@@ -150,6 +150,9 @@ OTHER_ENV_VARS = frozenset({
     "STREAMFLOW_SERVER_BINARY",  # which server binary embedded:// runs (embedded/binaries.py)
     "STREAMFLOW_CHAOS_FULL",  # full-size chaos tests (tests/chaos)
     "STREAMFLOW_CHAOS_RESULTS",  # where chaos results are written (tests/chaos)
+    "STREAMFLOW_PROCESS_INDEX",  # set by `run --processes N` for each worker: 0 .. N-1
+    "STREAMFLOW_PROCESSES",  # set by `run --processes N` for each worker: N
+    "STREAMFLOW_SUPERVISOR_FD",  # set by `run --processes N`: the start-up report pipe
 })
 
 

@@ -148,7 +148,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*shared, _redacting(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (the line and its newline together): the worker processes of
+        # `run --processes N` share one stderr, and print()'s two writes let lines merge.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Records of the stdlib `logging` module (asyncio, redis-py, user code) go through the
