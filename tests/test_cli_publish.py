@@ -8,6 +8,7 @@ handlers see of the entries published.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,10 @@ import anyio
 import pytest
 import redis
 from cli_pty import CliResult, rich_installed, run_cli
+from redis.exceptions import ResponseError
 
 from streamflow import App, Message
+from streamflow.admin import progress as progress_module
 from streamflow.cli import main
 from streamflow.codec import JSON_FIELD, encode_json
 from streamflow.rawpipe import RawPipe
@@ -157,6 +160,32 @@ def test_file_goes_out_in_batches(
     assert "published 2500 entries" in capsys.readouterr().out
 
 
+def test_an_entry_redis_refuses_stops_the_publish_and_says_what_went_out(
+    client: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """When Redis refuses an XADD of a batch (here: an OOM reply put in place of the one for
+    line 1500), no further batch is sent and the error says how many entries went out."""
+    real = RawPipe.execute
+
+    async def refusing(self: RawPipe, commands: list[Any]) -> list[Any]:
+        replies = await real(self, commands)
+        if len(replies) == 1000 and client.xlen("orders") == 2000:  # the second batch
+            replies[499] = ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        return replies
+
+    monkeypatch.setattr(RawPipe, "execute", refusing)
+    path = tmp_path / "n.jsonl"
+    path.write_text("".join(f"{i}\n" for i in range(3000)))
+    assert main(["publish", "orders", "--file", str(path), "--redis-url", redis_url]) == 2
+    err = capsys.readouterr().err
+    assert (f"streamflow: error: {path} line 1500: Redis refused the entry: OOM command not "
+            "allowed") in err
+    assert "1999 entries were published (the last from line 2000), nothing after line 2000 " \
+        "was sent" in err
+    assert client.xlen("orders") == 2000  # the refused reply was faked: its entry is there
+
+
 def test_stdin_pipe_and_redirect(client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     """--file - reads a pipe as it arrives, and a file redirected to stdin like a file."""
     piped = sf(redis_url, "publish", "orders", "--file", "-", stdin=jsonl(PAYLOADS[:1500]))
@@ -264,3 +293,41 @@ def test_progress_on_a_terminal_only(
     piped = sf(redis_url, "publish", "orders", "--file", str(path), rich=rich)
     assert piped.returncode == 0 and piped.stderr == ""
     assert client.xlen("orders") == 9000
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_only_on_a_terminal_and_above_min_total(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The indicator: nothing off a terminal or below min_total; the plain line shows
+    done/total (or done/? while the total is unknown) and is erased at the end."""
+    monkeypatch.setattr(progress_module, "_rich", lambda: None)
+    monkeypatch.setattr(progress_module, "_INTERVAL", 0.0)  # draw every update
+    quiet = io.StringIO()
+    with progress_module.progress("x", 10_000, stream=quiet) as bar:
+        bar.update(5000, 10_000)
+    assert quiet.getvalue() == ""
+    small = _Terminal()
+    with progress_module.progress("x", 10, stream=small) as bar:
+        bar.update(10, 10)
+    assert small.getvalue() == ""
+    term = _Terminal()
+    with progress_module.progress("copying", stream=term, min_total=100) as bar:
+        assert isinstance(bar, progress_module.PlainProgress)
+        bar.update(50, None)
+        assert term.getvalue() == ""
+        bar.update(150, None)
+        assert "copying 150/? " in term.getvalue()
+        bar.update(200, 400)
+        assert "copying [############............] 200/400  50%" in term.getvalue()
+    assert term.getvalue().endswith("\r")  # erased
+    off = _Terminal()
+    with progress_module.progress("x", 10_000, stream=off, enabled=False) as bar:
+        bar.update(10_000, 10_000)
+    assert off.getvalue() == ""

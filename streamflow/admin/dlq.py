@@ -121,18 +121,25 @@ async def _find_record(client: Any, dlq_id: str) -> tuple[str, DeadLetter]:
                          f"streamflow dlq show STREAM {dlq_id}") from None
     keys = sorted(set(keys))
     found: list[tuple[str, DeadLetter]] = []
+    hidden = 0  # dead-letter streams this Redis user may not read
     for i in range(0, len(keys), 100):
         pipe = client.pipeline(transaction=False)
         for key in keys[i:i + 100]:
             pipe.execute_command("XRANGE", key, dlq_id, dlq_id)
-        for key, rows in zip(keys[i:i + 100], await pipe.execute(), strict=True):
-            if rows and rows[0][1] is not None:
+        for key, rows in zip(keys[i:i + 100], await pipe.execute(raise_on_error=False),
+                             strict=True):
+            if isinstance(rows, NoPermissionError):
+                hidden += 1
+            elif isinstance(rows, Exception):
+                raise rows
+            elif rows and rows[0][1] is not None:
                 found.append((clean(key.decode("utf-8", "replace")),
                               parse_record(rows[0][0], rows[0][1])))
     if not found:
+        unread = f", {hidden} of which this Redis user may not read" if hidden else ""
         raise AdminError(f"no dead-letter record {dlq_id} in any dead-letter stream "
-                         f"(*{DLQ_SUFFIX}); name the stream: streamflow dlq show STREAM {dlq_id}"
-                         " [--dlq NAME]")
+                         f"(*{DLQ_SUFFIX}{unread}); name the stream: streamflow dlq show STREAM "
+                         f"{dlq_id} [--dlq NAME]")
     if len(found) > 1:
         raise AdminError(f"record id {dlq_id} is in several dead-letter streams ("
                          + ", ".join(n for n, _ in found) + "): name the stream, "
