@@ -119,8 +119,8 @@ class Published:
 class _Sender:
     """Pipelined XADDs of ``(line, command)`` batches, one round trip each, on a RawPipe."""
 
-    def __init__(self, client: Any, source: str, bar: Progress) -> None:
-        self.pipe = RawPipe(client)
+    def __init__(self, client: Any, stream: str, source: str, bar: Progress) -> None:
+        self.pipe = RawPipe(client, stream)  # on a cluster: the stream slot's master
         self.source = source
         self.bar = bar
         self.done = Published()
@@ -289,7 +289,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                   enabled=not args.quiet) as bar:
         async def bulk(client: Any, conn: Connection) -> Published:
             await _check_key(client, stream)
-            sender = _Sender(client, source, bar)
+            sender = _Sender(client, stream, source, bar)
             try:
                 if entries is not None:
                     await sender.send(entries)
