@@ -1,4 +1,4 @@
-"""Command line: ``streamflow run``, ``info``, ``dlq list|replay``, ``job``, ``jobs``."""
+"""Command line: ``streamflow run``, ``info``, ``dlq``, ``publish``, ``job``, ``jobs``."""
 
 from __future__ import annotations
 

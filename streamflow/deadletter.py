@@ -1,4 +1,4 @@
-"""Dead-letter streams: the record layout, moving an entry there atomically, reading, replay.
+"""Dead-letter streams: the record layout, moving an entry there atomically, reading.
 
 A dead-letter record holds metadata under ``dlq:`` keys and the original fields
 under ``f:<name>`` keys, byte for byte::
@@ -10,10 +10,13 @@ under ``f:<name>`` keys, byte for byte::
 * :func:`build_record` / :func:`parse_record`: that layout, both ways.
 * :func:`move_to_dead_letter`: add the record and ack the entry in one atomic step
   (the runtime's failure path calls it).
-* :func:`read_records`: the records of one stream, oldest first (a dead-letter stream
-  may be shared by several streams: a record belongs to the stream it names).
-* :func:`replay`: re-publish records' original fields to their stream and delete them,
-  atomically per record (``streamflow dlq replay``).
+* :class:`Selection`: which records a command means (a dead-letter stream may be shared
+  by several streams: a record belongs to the stream it names; and by group, by error type).
+* :func:`read_records` / :func:`pages` / :func:`read_record`: the records of one stream,
+  oldest first; every record a page at a time; one record by id.
+
+Choosing records by id, replaying and deleting them (``streamflow dlq replay|purge``) is
+:mod:`streamflow.admin.records`'s.
 
 Every function takes the redis-py asyncio client and lets its errors propagate: the
 callers decide what a lost connection means (the runtime retries, the operator
@@ -25,31 +28,34 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import scripts
 from .codec import decode_fields
 from .connection import redact_url
 from .errors import AdminError, UnknownStream
-from .keys import id_successor, replay_stream
+from .keys import id_successor
 
 __all__ = [
     "PAGE",
     "DeadLetter",
-    "ReplayResult",
+    "OnProgress",
+    "Selection",
     "build_record",
+    "check_ids",
     "dlq_exists",
     "move_to_dead_letter",
+    "pages",
     "parse_record",
+    "read_record",
     "read_records",
-    "replay",
 ]
 
 META = "dlq:"
 ORIGINAL = "f:"
-PAGE = 100  # entries per XRANGE page / replay pipeline
+PAGE = 100  # entries per XRANGE page / replay pipeline / XDEL
 _MAX_TEXT = 2000
 _ID_RE = re.compile(r"^\d+-\d+$")
 
@@ -202,18 +208,30 @@ async def move_to_dead_letter(
 
 # -- reading ------------------------------------------------------------------------------
 
-
-def _belongs(rec: DeadLetter, stream: str, group: str | None = None) -> bool:
-    """True when the record came from ``stream`` (a shared DLQ holds several streams' records)
-    and, if ``group`` is given, was dead-lettered by that group."""
-    return rec.stream in ("", stream) and (group is None or rec.group == group)
+#: ``progress(done, total)``: records looked at so far, out of ``total`` (None: unknown).
+OnProgress = Callable[[int, int | None], None]
 
 
-def replay_target(rec: DeadLetter, stream: str) -> str:
-    """Where replaying ``rec`` writes its entry: the replay stream of the group that
-    dead-lettered it (read by that group only), or ``stream`` for a record that names no
-    group (written by something other than a streamflow worker)."""
-    return replay_stream(stream, rec.group) if rec.group else stream
+@dataclass(frozen=True)
+class Selection:
+    """Which records of a dead-letter stream a command means: those of ``stream`` (a
+    dead-letter stream may be shared by several streams: a record belongs to the stream it
+    names), and if given, of one consumer ``group`` and of these ``error_types``."""
+
+    stream: str
+    group: str | None = None
+    error_types: frozenset[str] | None = None
+
+    def mismatch(self, rec: DeadLetter) -> str | None:
+        """Why ``rec`` is not selected (``record of group 'email', not 'billing'``), or None."""
+        if rec.stream not in ("", self.stream):
+            return f"record of stream {rec.stream!r}"
+        if self.group is not None and rec.group != self.group:
+            return f"record of group {rec.group!r}, not {self.group!r}"
+        if self.error_types is not None and rec.error_type not in self.error_types:
+            wanted = ", ".join(repr(t) for t in sorted(self.error_types))
+            return f"record of error type {rec.error_type!r}, not {wanted}"
+        return None
 
 
 async def dlq_exists(client: Any, stream: str, dlq: str) -> bool:
@@ -234,154 +252,45 @@ async def dlq_exists(client: Any, stream: str, dlq: str) -> bool:
     return False
 
 
-async def read_records(
-    client: Any, stream: str, dlq: str, *, limit: int | None = None, end: str = "+",
-    group: str | None = None,
-) -> tuple[list[DeadLetter], bool]:
-    """Records of ``stream`` (and ``group``, if given) in ``dlq`` up to ``end``, oldest first;
-    ``(records, more_left)``."""
-    out: list[DeadLetter] = []
+async def pages(client: Any, dlq: str, end: str) -> AsyncIterator[tuple[int, list[DeadLetter]]]:
+    """The records of ``dlq`` up to ``end``, a page (XRANGE COUNT PAGE) at a time, each
+    with the number of entries it read."""
     start = "-"
     while True:
-        rows = await client.execute_command("XRANGE", dlq, start, end, "COUNT", PAGE)
-        for raw_id, raw in rows or []:
-            if raw is None:
-                continue
-            rec = parse_record(raw_id, raw)
-            if _belongs(rec, stream, group):
-                if limit is not None and len(out) >= limit:
-                    return out, True
-                out.append(rec)
-        if not rows or len(rows) < PAGE:
-            return out, False
-        start = id_successor(rows[-1][0])
-
-
-# -- replay -------------------------------------------------------------------------------
-
-
-@dataclass
-class ReplayResult:
-    """What :func:`replay` did."""
-
-    replayed: list[dict[str, str]] = field(default_factory=list)  # dlq_id, id, group, to, new_id
-    not_found: list[str] = field(default_factory=list)  # dlq ids not in the DLQ (any more)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # dlq_id, reason
-
-    def by_group(self) -> dict[str, tuple[str, int]]:
-        """Per group that dead-lettered them: (the stream replayed to, records replayed)."""
-        out: dict[str, tuple[str, int]] = {}
-        for r in self.replayed:
-            to, n = out.get(r["group"], (r["to"], 0))
-            out[r["group"]] = (to, n + 1)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "replayed": self.replayed, "not_found": self.not_found, "skipped": self.skipped,
-            "groups": {g or "": {"to": to, "replayed": n} for g, (to, n) in self.by_group().items()},
-        }
-
-
-async def _replay_batch(
-    client: Any, stream: str, dlq: str, records: list[DeadLetter], result: ReplayResult,
-    group: str | None,
-) -> None:
-    todo: list[DeadLetter] = []
-    for rec in records:
-        if not _belongs(rec, stream):
-            result.skipped.append({"dlq_id": rec.dlq_id,
-                                   "reason": f"record of stream {rec.stream!r}"})
-        elif not _belongs(rec, stream, group):
-            result.skipped.append({"dlq_id": rec.dlq_id,
-                                   "reason": f"record of group {rec.group!r}, not {group!r}"})
-        elif not rec.original:
-            result.skipped.append({"dlq_id": rec.dlq_id, "reason": "record has no original fields"})
-        else:
-            todo.append(rec)
-    if not todo:
-        return
-    pipe = client.pipeline(transaction=False)
-    for rec in todo:
-        pipe.eval(scripts.REPLAY, 2, dlq, replay_target(rec, stream), rec.dlq_id, *rec.original)
-    replies = await pipe.execute()
-    for rec, new_id in zip(todo, replies, strict=True):
-        if new_id:
-            result.replayed.append({"dlq_id": rec.dlq_id, "id": rec.id, "group": rec.group,
-                                    "to": replay_target(rec, stream), "new_id": _text(new_id)})
-        else:
-            result.not_found.append(rec.dlq_id)  # replayed or deleted by someone else meanwhile
-
-
-async def _replay_ids(
-    client: Any, stream: str, dlq: str, wanted: list[str], result: ReplayResult,
-    group: str | None,
-) -> None:
-    for i in range(0, len(wanted), PAGE):
-        chunk = wanted[i:i + PAGE]
-        pipe = client.pipeline(transaction=False)
-        for dlq_id in chunk:
-            pipe.execute_command("XRANGE", dlq, dlq_id, dlq_id)
-        found: list[DeadLetter] = []
-        for dlq_id, rows in zip(chunk, await pipe.execute(), strict=True):
-            if rows and rows[0][1] is not None:
-                found.append(parse_record(rows[0][0], rows[0][1]))
-            else:
-                result.not_found.append(dlq_id)
-        await _replay_batch(client, stream, dlq, found, result, group)
-
-
-async def _replay_all(
-    client: Any, stream: str, dlq: str, result: ReplayResult, group: str | None
-) -> None:
-    # Only what is there now: records dead-lettered again while we replay are left alone.
-    last = await client.execute_command("XREVRANGE", dlq, "+", "-", "COUNT", 1)
-    if not last:
-        return
-    end = _text(last[0][0])
-    start = "-"
-    while True:
-        rows = await client.execute_command("XRANGE", dlq, start, end, "COUNT", PAGE)
-        records = [parse_record(r[0], r[1]) for r in rows or [] if r[1] is not None]
-        mine = [r for r in records if _belongs(r, stream, group)]
-        await _replay_batch(client, stream, dlq, mine, result, group)
-        if not rows or len(rows) < PAGE:
+        rows = await client.execute_command("XRANGE", dlq, start, end, "COUNT", PAGE) or []
+        yield len(rows), [parse_record(r[0], r[1]) for r in rows if r[1] is not None]
+        if len(rows) < PAGE:
             return
         start = id_successor(rows[-1][0])
 
 
-async def replay(
-    client: Any, stream: str, dlq: str, ids: Sequence[str] | None, *, group: str | None = None
-) -> ReplayResult:
-    """Replay the records ``ids`` of ``dlq`` (all of ``stream``'s when None).
+async def read_records(
+    client: Any, stream: str, dlq: str, *, limit: int | None = None, end: str = "+",
+    group: str | None = None, error_types: frozenset[str] | None = None,
+) -> tuple[list[DeadLetter], bool]:
+    """Records of ``stream`` (and ``group`` / ``error_types``, if given) in ``dlq`` up to
+    ``end``, oldest first; ``(records, more_left)``."""
+    selection = Selection(stream, group, error_types)
+    out: list[DeadLetter] = []
+    async for _, records in pages(client, dlq, end):
+        for rec in records:
+            if selection.mismatch(rec) is None:
+                if limit is not None and len(out) >= limit:
+                    return out, True
+                out.append(rec)
+    return out, False
 
-    A record goes back to the group that dead-lettered it, and only to that group: its
-    entry is written to the group's replay stream (:func:`streamflow.keys.replay_stream`),
-    which that group's consumers read alongside ``stream``; the other groups of
-    ``stream`` never see it. ``group`` replays only that group's records (records of
-    other groups named by ``ids`` are skipped). Each record is re-published and deleted by
-    one script call (``scripts.REPLAY``), so a record is never both replayed and kept, nor
-    replayed twice. Raises
-    :class:`~streamflow.errors.AdminError` for a malformed id and
-    :class:`~streamflow.errors.UnknownStream` when there is nothing to replay from or to.
-    """
-    if ids is not None:
-        bad = [i for i in ids if not _ID_RE.match(i)]
-        if bad:
-            raise AdminError(f"invalid id {bad[0]!r}: give a full dead-letter record id like "
-                             "1700000000000-0 (see streamflow dlq list)")
-    result = ReplayResult()
-    exists = await dlq_exists(client, stream, dlq)
-    kind = await _key_type(client, stream)
-    if kind not in ("stream", "none"):
-        raise UnknownStream(f"key {stream!r} is a {kind}, not a stream; nothing replayed")
-    if ids is not None:
-        wanted = list(dict.fromkeys(ids))
-        if not exists:
-            result.not_found += wanted
-        else:
-            await _replay_ids(client, stream, dlq, wanted, result, group)
-    elif exists:
-        await _replay_all(client, stream, dlq, result, group)
-    return result
+
+async def read_record(client: Any, dlq: str, dlq_id: str) -> DeadLetter | None:
+    """The record ``dlq_id`` of ``dlq``, or None when there is none."""
+    check_ids([dlq_id])
+    rows = await client.execute_command("XRANGE", dlq, dlq_id, dlq_id)
+    return parse_record(rows[0][0], rows[0][1]) if rows and rows[0][1] is not None else None
+
+
+def check_ids(ids: Sequence[str]) -> None:
+    """Raise :class:`~streamflow.errors.AdminError` naming the first malformed record id."""
+    bad = [i for i in ids if not _ID_RE.match(i)]
+    if bad:
+        raise AdminError(f"invalid id {bad[0]!r}: give a full dead-letter record id like "
+                         "1700000000000-0 (see streamflow dlq list)")

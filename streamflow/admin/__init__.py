@@ -1,4 +1,4 @@
-"""Operator commands: ``streamflow info``, ``dlq list|replay``, ``job`` and ``jobs``.
+"""Operator commands: ``streamflow info``, ``dlq``, ``publish``, ``job`` and ``jobs``.
 
 ``streamflow info [STREAM ...]``
     Streams (all keys of type stream when none are named, dead-letter streams
@@ -7,13 +7,22 @@
     backoff) and each group's consumers with their pending count, idle time and state
     (live: a process holds the name's lease; stopped), and when each parked retry runs.
 
-``streamflow dlq list STREAM``
-    The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``).
+``streamflow dlq list STREAM`` / ``dlq show [STREAM] ID``
+    The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``); one
+    record in full (without STREAM: looked up in every ``*:dlq`` stream).
 
 ``streamflow dlq replay STREAM (--id ID ... | --all)``
     Re-publish records' original fields, byte for byte, to ``STREAM`` and delete them
     from the dead-letter stream: one atomic script call (``scripts.REPLAY``) per record,
     so a record is never both replayed and kept, nor replayed twice.
+
+``streamflow dlq purge STREAM (--id ID ... | --all) [--yes]``
+    Delete records, after a confirmation on a terminal. ``list``, ``replay`` and
+    ``purge`` narrow the records with ``--group`` and ``--error-type``.
+
+``streamflow publish STREAM (KEY=VALUE ... | --json PAYLOAD | --file FILE)``
+    Add entries: plain fields, or streamflow's JSON layout (one entry, or one per line of
+    a JSON Lines file or stdin, pipelined): :mod:`streamflow.admin.publish`.
 
 ``streamflow job ID`` / ``streamflow jobs [list] QUEUE`` / ``jobs cancel|requeue ID``
     One job, the jobs of a queue by status, cancelling and requeueing: see
@@ -33,8 +42,12 @@ The package:
 * :mod:`~streamflow.admin.info`: ``info``'s data (``StreamInfo``...) and command.
 * :mod:`~streamflow.admin.liveness`: live or stopped consumers and retry due times,
   from the consumer-name leases.
-* :mod:`~streamflow.admin.dlq`: the ``dlq`` commands; reading and replaying records is
-  :mod:`streamflow.deadletter`'s.
+* :mod:`~streamflow.admin.dlq`: the ``dlq`` commands; reading records is
+  :mod:`streamflow.deadletter`'s, choosing, replaying and deleting them
+  :mod:`~streamflow.admin.records`'.
+* :mod:`~streamflow.admin.publish`: the ``publish`` command.
+* :mod:`~streamflow.admin.progress`: the progress indicator of long commands (on a
+  terminal only).
 * :mod:`~streamflow.admin.jobs`: the ``job`` and ``jobs`` commands;
   :mod:`~streamflow.admin.queues`: what they (and ``info``) read of the job queues.
 * :mod:`~streamflow.admin.render`: tables, durations, timestamps, JSON output.
@@ -50,7 +63,7 @@ from typing import Any
 
 from ..cli_types import positive_int as _positive_int
 from ..errors import AdminError, UnknownStream
-from .dlq import cmd_dlq_list, cmd_dlq_replay
+from .dlq import cmd_dlq_list, cmd_dlq_purge, cmd_dlq_replay, cmd_dlq_show
 from .info import cmd_info
 from .jobs import (
     CANCEL_REASON,
@@ -61,25 +74,29 @@ from .jobs import (
     cmd_jobs_requeue,
     expand_shorthand,
 )
+from .publish import cmd_publish
 
 __all__ = [
     "AdminError",
     "UnknownStream",
     "add_admin_commands",
     "cmd_dlq_list",
+    "cmd_dlq_purge",
     "cmd_dlq_replay",
+    "cmd_dlq_show",
     "cmd_info",
     "cmd_job",
     "cmd_jobs_cancel",
     "cmd_jobs_list",
     "cmd_jobs_requeue",
+    "cmd_publish",
     "expand_shorthand",
 ]
 
 
 def add_admin_commands(sub: Any) -> None:
-    """Add ``info``, ``dlq list|replay``, ``job`` and ``jobs list|cancel|requeue`` to the
-    sub-command action of the ``streamflow`` parser."""
+    """Add ``info``, ``dlq list|show|replay|purge``, ``publish``, ``job`` and
+    ``jobs list|cancel|requeue`` to the sub-command action of the ``streamflow`` parser."""
     common = argparse.ArgumentParser(add_help=False)
     opts = common.add_argument_group("connection and output")
     opts.add_argument(
@@ -97,20 +114,33 @@ def add_admin_commands(sub: Any) -> None:
     info.add_argument("streams", nargs="*", metavar="STREAM", help="streams to show (default all)")
     info.set_defaults(handler=cmd_info)
 
+    _add_dlq_commands(sub, common)
+    _add_publish_command(sub)
+    _add_job_commands(sub, common)
+
+
+def _add_dlq_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``dlq list|show|replay|purge`` (see :mod:`streamflow.admin.dlq`)."""
     dlq = sub.add_parser(
-        "dlq", help="list or replay dead-letter records",
-        description="List or replay the records of a stream's dead-letter stream.",
+        "dlq", help="list, show, replay or purge dead-letter records",
+        description="List, show, replay or delete the records of a stream's dead-letter stream.",
     )
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
-    dlq_opt = argparse.ArgumentParser(add_help=False)
-    dlq_opt.add_argument("stream", metavar="STREAM", help="the original stream")
-    dlq_opt.add_argument(
+    name = argparse.ArgumentParser(add_help=False)
+    name.add_argument(
         "--dlq", metavar="NAME",
         help="dead-letter stream (default STREAM:dlq; {stream} is replaced by STREAM)",
     )
+    dlq_opt = argparse.ArgumentParser(add_help=False, parents=[name])
+    dlq_opt.add_argument("stream", metavar="STREAM", help="the original stream")
     dlq_opt.add_argument(
         "--group", metavar="GROUP",
         help="only records of this consumer group (default: every group's)",
+    )
+    dlq_opt.add_argument(
+        "--error-type", dest="error_types", action="append", metavar="NAME",
+        help="only records of this exception type, as dlq list shows it (e.g. ValueError); "
+        "repeatable",
     )
 
     lst = dlq_sub.add_parser(
@@ -120,6 +150,17 @@ def add_admin_commands(sub: Any) -> None:
     lst.add_argument("--limit", type=_positive_int, default=100, metavar="N",
                      help="show at most N records (default 100)")
     lst.set_defaults(handler=cmd_dlq_list)
+
+    show = dlq_sub.add_parser(
+        "show", parents=[name, common], help="show one dead-letter record in full",
+        description="Show one dead-letter record in full: original stream, group, entry id, "
+        "consumer, handler, attempts, time, error type, message and traceback, the original "
+        "fields and the decoded payload. Without STREAM the record is looked up in every "
+        "dead-letter stream named *:dlq. Exit status 2 when there is no such record.",
+    )
+    show.add_argument("stream", nargs="?", metavar="STREAM", help="the original stream")
+    show.add_argument("id", metavar="ID", help="the dead-letter record id (as dlq list shows)")
+    show.set_defaults(handler=cmd_dlq_show)
 
     rep = dlq_sub.add_parser(
         "replay", parents=[dlq_opt, common],
@@ -131,14 +172,59 @@ def add_admin_commands(sub: Any) -> None:
         "groups of STREAM never see it). Exit status 0 when every requested record was "
         "replayed, 1 when some were not found or skipped.",
     )
-    which = rep.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", dest="ids", action="append", metavar="ID",
-                       help="dead-letter record id (as shown by dlq list); repeatable")
-    which.add_argument("--all", action="store_true",
-                       help="every record of STREAM present when the command starts")
+    _which(rep, "replay")
     rep.set_defaults(handler=cmd_dlq_replay)
 
-    _add_job_commands(sub, common)
+    purge = dlq_sub.add_parser(
+        "purge", parents=[dlq_opt, common], help="delete dead-letter records",
+        description="Delete dead-letter records of STREAM (the ones given, or every one "
+        "present now, narrowed by --group and --error-type). On a terminal it asks first; "
+        "otherwise it refuses without --yes. Exit status 0 when every selected record was "
+        "deleted, 1 when some were not found or skipped or the answer was no.",
+    )
+    _which(purge, "delete")
+    purge.add_argument("--yes", "-y", action="store_true",
+                       help="do not ask for confirmation (needed when stdin is no terminal)")
+    purge.set_defaults(handler=cmd_dlq_purge)
+
+
+def _which(parser: argparse.ArgumentParser, verb: str) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="ids", action="append", metavar="ID",
+                       help=f"dead-letter record id to {verb} (as shown by dlq list); repeatable")
+    which.add_argument("--all", action="store_true",
+                       help="every record of STREAM present when the command starts")
+
+
+def _add_publish_command(sub: Any) -> None:
+    """``publish STREAM`` (see :mod:`streamflow.admin.publish`)."""
+    pub = sub.add_parser(
+        "publish", help="add entries to a stream: fields, a JSON payload or a JSON Lines file",
+        description="Add entries to STREAM. KEY=VALUE fields make one entry with plain fields, "
+        "as a producer that is not streamflow would write them (handlers see msg.fields). "
+        "--json makes one entry in streamflow's layout (the field sf:json), as App.publish "
+        "does (handlers see msg.payload); --file does that for every line of a JSON Lines "
+        "file (- for stdin; blank lines are skipped), pipelined. A file is checked whole "
+        "first: a bad line publishes nothing. From stdin a bad line stops the command; "
+        "every line before it was published. Prints the new id (for a file: the count and "
+        "the first and last id). Payloads are limited to STREAMFLOW_MAX_PAYLOAD_BYTES "
+        "(default 1 MiB). Exit status 2 on errors.",
+    )
+    pub.add_argument("stream", metavar="STREAM", help="the stream")
+    pub.add_argument("fields", nargs="*", metavar="KEY=VALUE", help="fields of one entry")
+    pub.add_argument("--json", dest="json_payload", metavar="PAYLOAD",
+                     help="one JSON payload, e.g. '{\"order_id\": 7}'")
+    pub.add_argument("--file", metavar="FILE",
+                     help="JSON Lines: one entry per line, like --json (- for stdin)")
+    pub.add_argument("--maxlen", type=_positive_int, metavar="N",
+                     help="cap the stream at about N entries (XADD MAXLEN ~ N)")
+    pub.add_argument("--quiet", "-q", action="store_true",
+                     help="print nothing (no ids, no progress)")
+    pub.add_argument(
+        "--redis-url", metavar="URL",
+        help="server URL (default: STREAMFLOW_REDIS_URL or redis://localhost:6379/0)",
+    )
+    pub.set_defaults(handler=cmd_publish)
 
 
 def _add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:

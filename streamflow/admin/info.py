@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, ResponseError
 
 from ..connection import Connection, redact_url, server_time_ms
+from ..deadletter import OnProgress
 from ..errors import AdminError, UnknownStream
 from ..keys import (
     DLQ_SUFFIX,
@@ -34,11 +35,15 @@ from ..keys import (
     replayed_from,
 )
 from .liveness import RetryInfo, parked_retries, read_leases
+from .progress import progress
 from .queues import QueuesReport, collect_queues
 from .render import emit_json, render_info, render_queues
 from .runner import redis_url, run
 
 __all__ = ["ConsumerInfo", "GroupInfo", "InfoReport", "StreamInfo", "cmd_info", "collect_info"]
+
+#: Streams from which on ``info`` shows its progress (on a terminal).
+PROGRESS_MIN_STREAMS = 50
 
 #: What ``info`` says when it may not list or read the server's streams.
 NAME_STREAMS_HINT = "name the streams to show instead: streamflow info STREAM [STREAM ...]"
@@ -303,8 +308,12 @@ class InfoReport:
     hidden: list[str] = field(default_factory=list)
 
 
-async def collect_info(client: Any, streams: Sequence[str]) -> InfoReport:
+async def collect_info(
+    client: Any, streams: Sequence[str], progress: OnProgress | None = None
+) -> InfoReport:
     """Info on ``streams`` (all streams when empty); unknown named streams raise UnknownStream.
+
+    ``progress(done, total)`` is called after each stream (for a progress indicator).
 
     Listed (not named) streams the Redis user may not read are left out and named in
     :attr:`InfoReport.hidden`; a user who may not list keys gets an AdminError saying to
@@ -313,7 +322,9 @@ async def collect_info(client: Any, streams: Sequence[str]) -> InfoReport:
     now_ms = await server_time_ms(client)
     keys = [s.encode() for s in streams] if streams else await _list_streams(client)
     out = InfoReport([])
-    for key in keys:
+    for done, key in enumerate(keys, 1):
+        if progress is not None:
+            progress(done - 1, len(keys))
         try:
             info = await _stream_info(client, key, now_ms)
         except NoPermissionError:
@@ -340,7 +351,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     streams: list[str] = list(args.streams or [])
 
     async def work(client: Any, conn: Connection) -> tuple[str, InfoReport, QueuesReport]:
-        report = await collect_info(client, streams)
+        with progress("reading streams", min_total=PROGRESS_MIN_STREAMS) as bar:
+            report = await collect_info(client, streams, bar.update)
         queues = await collect_queues(client, report.streams if streams else None)
         return await _server_version(client), report, queues
 

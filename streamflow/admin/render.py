@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..deadletter import DeadLetter, ReplayResult
+from ..deadletter import DeadLetter
+from .records import ReplayResult
 
 if TYPE_CHECKING:  # only annotations: info.py and queues.py import this module to print
     from ..jobs.state import JobInfo
