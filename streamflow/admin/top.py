@@ -1,0 +1,333 @@
+"""``streamflow top``'s model: what one refresh reads, and the rates between two refreshes.
+
+:class:`Sampler` reads the figures of every watched stream in **one pipelined round trip**:
+``TIME``, then per stream ``XINFO STREAM`` (length, ``entries-added``), ``XINFO GROUPS``
+(lag, pending, ``entries-read``), ``XLEN`` of its dead-letter stream, and per group it knew
+from the refresh before ``XPENDING`` (summary: the oldest pending id), ``XINFO CONSUMERS``
+(entries parked on ``streamflow:retry``) and the group's consumer-name lease hash
+(live or stopped consumers, judged by :func:`~streamflow.admin.liveness.leases_of`). A group
+that appeared since the refresh before costs one more round trip, once. Job queues are counted
+by :func:`~streamflow.admin.queues.queue_counts` (a few calls per queue, run concurrently).
+
+Which streams: the named ones, or (none named) the streams ``streamflow info`` lists
+(:func:`~streamflow.admin.info._list_streams`: a ``SCAN``), found at the first refresh and
+again every :data:`DISCOVER_EVERY` seconds, never on every refresh; the queue registry
+(``streamflow:queues``) is read on the same schedule.
+
+Rates, per second of server time between two refreshes:
+
+* ``in``: entries added to the stream (``entries-added`` of ``XINFO STREAM``);
+* ``out`` (handled/s): entries of a group *settled* - acked, or dead-lettered (which acks) -
+  which is the group's deliveries (the delta of ``entries-read``) minus the growth of its
+  pending entries list. Deliveries alone would count entries still being handled, and
+  redeliveries of reclaimed or retried entries do not move ``entries-read`` at all.
+
+A rate is None (shown ``-``) on the first refresh, when the server cannot count a group's
+reads (``entries-read`` is nil after deletions inside the stream) and when a counter went
+backwards (server restarted, group recreated).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from redis.exceptions import NoPermissionError, ResponseError
+
+from ..connection import redact_url
+from ..errors import AdminError
+from ..keys import RETRY_CONSUMER, consumer_leases_key, dead_letter_stream, id_ms, parse_id
+from ..name_lease import holders_of
+from .info import _list_streams
+from .liveness import Leases, leases_of
+from .queues import QueueCounts, queue_counts, registered_queues
+
+__all__ = ["DISCOVER_EVERY", "GroupSample", "Sampler", "Snapshot", "StreamSample"]
+
+#: Seconds between two look-ups of which streams and queues exist (SCAN, HGETALL).
+DISCOVER_EVERY = 10.0
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(row: Any) -> dict[str, Any]:
+    if isinstance(row, dict):
+        return {_s(k): v for k, v in row.items()}
+    return {_s(row[i]): row[i + 1] for i in range(0, len(row or []) - 1, 2)}
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _rate(count: int | None, ms: int) -> float | None:
+    return None if count is None or ms <= 0 else count * 1000 / ms
+
+
+@dataclass
+class GroupSample:
+    """One consumer group at one refresh."""
+
+    name: str
+    pending: int
+    lag: int | None  # None: the server cannot tell (after deletions inside the stream)
+    entries_read: int | None
+    retrying: int = 0  # pending entries parked on streamflow:retry, waiting for their backoff
+    oldest_age_ms: int | None = None  # age of the oldest pending entry (from its id)
+    live: int | None = None  # consumers whose name a process holds; None: leases unreadable
+    stopped: int = 0  # consumers of the group without a live lease
+    handled: int | None = None  # settled since the refresh before
+    rate: float | None = None  # ... per second
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class StreamSample:
+    """One watched stream at one refresh. ``state``: ``stream``, ``missing`` (no such key),
+    ``denied`` (the Redis user may not read it) or the key's other type (``wrongtype``)."""
+
+    name: str
+    state: str = "stream"
+    length: int = 0
+    entries_added: int | None = None
+    last_generated_id: str | None = None
+    dlq_length: int = 0
+    added: int | None = None  # entries added since the refresh before
+    rate_in: float | None = None  # ... per second
+    groups: list[GroupSample] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        doc = {k: v for k, v in self.__dict__.items() if k != "groups"}
+        return {**doc, "groups": [g.to_json() for g in self.groups]}
+
+
+@dataclass
+class Snapshot:
+    """What one refresh shows; ``error``: the last refresh failed, the figures are older."""
+
+    url: str
+    version: str = ""
+    server_ms: int | None = None  # the server's clock at the figures' refresh
+    taken_at: float | None = None  # local time.time() of that refresh
+    streams: list[StreamSample] = field(default_factory=list)
+    queues: list[QueueCounts] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # queues or streams not shown, and why
+    error: str | None = None
+
+    def rates_of(self, stream: str) -> dict[str, float | None]:
+        """Handled per second of each group of ``stream``."""
+        for s in self.streams:
+            if s.name == stream:
+                return {g.name: g.rate for g in s.groups}
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (one line of ``top --json``)."""
+        return {
+            "server": {"url": redact_url(self.url), "version": self.version},
+            "server_time_ms": self.server_ms, "error": self.error,
+            "streams": [s.to_json() for s in self.streams],
+            "queues": [q.to_json() for q in self.queues], "notes": self.notes,
+        }
+
+
+@dataclass
+class _Prev:
+    ms: int
+    value: int | None
+    pending: int = 0
+
+
+class Sampler:
+    """Reads the figures of the watched streams and queues; keeps what rates need."""
+
+    def __init__(self, streams: Sequence[str], *, discover_every: float = DISCOVER_EVERY) -> None:
+        self.named = [s.encode("utf-8", "surrogateescape") for s in streams]
+        self.discover_every = discover_every
+        self._keys: list[bytes] = list(self.named)
+        self._queues: dict[str, str] = {}
+        self._queue_note: str | None = None
+        self._found_at: float | None = None  # time.monotonic() of the last discovery
+        self._groups: dict[bytes, list[bytes]] = {}  # per stream, the groups seen last
+        self._prev: dict[tuple[bytes, bytes], _Prev] = {}  # per group, for out/s
+        self._prev_in: dict[bytes, _Prev] = {}  # per stream, for in/s
+
+    async def _discover(self, client: Any) -> None:
+        if not self.named:
+            self._keys = await _list_streams(client)  # AdminError when SCAN is not allowed
+        try:
+            queues = await registered_queues(client)
+        except NoPermissionError:
+            self._queues, self._queue_note = {}, "job queues not shown: this Redis user may " \
+                "not read streamflow:queues"
+        else:
+            names = {_s(k) for k in self.named}
+            self._queues = {q: s for q, s in queues.items() if not names or s in names}
+            self._queue_note = None
+        self._found_at = time.monotonic()
+
+    async def sample(self, client: Any, snapshot: Snapshot) -> None:
+        """Refresh ``snapshot``'s figures (Redis errors propagate: the caller shows them)."""
+        if self._found_at is None or time.monotonic() - self._found_at >= self.discover_every:
+            await self._discover(client)
+        streams: list[StreamSample] = []
+        counts: list[QueueCounts] = []
+        notes: list[str] = []
+        now: list[int] = []
+
+        failed: list[Exception] = []  # raised after the task group: no exception groups
+
+        async def read_streams() -> None:
+            try:
+                now_ms, found = await self._read_streams(client)
+            except Exception as exc:
+                failed.append(exc)
+                return
+            now.append(now_ms)
+            streams.extend(found)
+
+        async def count_queue(queue: str, stream: str) -> None:
+            try:
+                counts.append(await queue_counts(client, queue, stream))
+            except NoPermissionError:
+                notes.append(f"queue {queue!r} not shown: this Redis user may not read its keys")
+            except AdminError as exc:
+                notes.append(str(exc))
+            except Exception as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_streams)
+            for queue, stream in self._queues.items():
+                tg.start_soon(count_queue, queue, stream)
+        if failed:
+            raise failed[0]
+        counts.sort(key=lambda q: q.queue)
+        snapshot.streams, snapshot.queues = streams, counts
+        snapshot.notes = ([self._queue_note] if self._queue_note else []) + sorted(notes)
+        snapshot.server_ms, snapshot.taken_at, snapshot.error = now[0], time.time(), None
+
+    async def _read_streams(self, client: Any) -> tuple[int, list[StreamSample]]:
+        keys = list(self._keys)
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("TIME")
+        for key in keys:
+            pipe.execute_command("XINFO", "STREAM", key)
+            pipe.execute_command("XINFO", "GROUPS", key)
+            pipe.execute_command("XLEN", dead_letter_stream(_s(key)))
+            for known_group in self._groups.get(key, []):
+                _group_commands(pipe, key, known_group)
+        replies = list(await pipe.execute(raise_on_error=False))
+        clock = replies.pop(0)
+        if isinstance(clock, Exception):
+            raise clock
+        sec, usec = clock
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        parsed: list[tuple[StreamSample, list[dict[str, Any]], dict[bytes, list[Any]]]] = []
+        late: list[tuple[bytes, bytes]] = []  # groups new since the refresh before
+        for key in keys:
+            info, groups, dlq = replies[:3]
+            del replies[:3]
+            known = self._groups.get(key, [])
+            details = {g: replies[i * 3:i * 3 + 3] for i, g in enumerate(known)}
+            del replies[:3 * len(known)]
+            sample = _stream(key, info, dlq)
+            rows = [] if isinstance(groups, Exception) or sample.state != "stream" else \
+                [_pairs(r) for r in groups or []]
+            names = [bytes(r["name"]) for r in rows]
+            late += [(key, g) for g in names if g not in details]
+            self._groups[key] = names
+            parsed.append((sample, rows, details))
+        if late:  # a second round trip, once per new group
+            pipe = client.pipeline(transaction=False)
+            for key, name in late:
+                _group_commands(pipe, key, name)
+            more = list(await pipe.execute(raise_on_error=False))
+            for i, (key, name) in enumerate(late):
+                next(d for s, _, d in parsed if s.name == _s(key))[name] = more[i * 3:i * 3 + 3]
+        out = []
+        for sample, rows, details in parsed:
+            key = sample.name.encode("utf-8", "surrogateescape")
+            sample.added, sample.rate_in = self._delta_in(key, now_ms, sample.entries_added)
+            for row in rows:
+                group = self._group(key, row, details[bytes(row["name"])], now_ms,
+                                    sample.entries_added)
+                last = sample.last_generated_id
+                if group.lag is None and last is not None and parse_id(
+                        _s(row.get("last-delivered-id") or b"0-0")) >= parse_id(last):
+                    group.lag = 0  # caught up (the server's lag is nil after deletions)
+                sample.groups.append(group)
+            sample.groups.sort(key=lambda g: g.name)
+            out.append(sample)
+        return now_ms, out
+
+    def _delta_in(self, key: bytes, now_ms: int, added: int | None) -> tuple[int | None, float | None]:
+        prev = self._prev_in.get(key)
+        self._prev_in[key] = _Prev(now_ms, added)
+        if prev is None or added is None or prev.value is None or added < prev.value:
+            return None, None
+        return added - prev.value, _rate(added - prev.value, now_ms - prev.ms)
+
+    def _group(self, key: bytes, row: dict[str, Any], replies: list[Any], now_ms: int,
+               entries_added: int | None) -> GroupSample:
+        name = bytes(row["name"])
+        g = GroupSample(name=_s(name), pending=int(row.get("pending") or 0), lag=_int(row.get("lag")),
+                        entries_read=_int(row.get("entries-read")))
+        if g.entries_read is None and entries_added == 0:
+            g.entries_read = 0  # nothing was ever added: nothing was read (the server says nil)
+        summary, consumers, leases_raw = replies
+        if not isinstance(summary, Exception) and summary and summary[1] is not None:
+            g.oldest_age_ms = max(0, now_ms - id_ms(_s(summary[1])))
+        names: set[str] = set()
+        if not isinstance(consumers, Exception):
+            for c in map(_pairs, consumers or []):
+                if _s(c["name"]) == RETRY_CONSUMER:
+                    g.retrying = int(c.get("pending") or 0)
+                else:
+                    names.add(_s(c["name"]))
+        leases = Leases(readable=False) if isinstance(leases_raw, Exception) \
+            else leases_of(holders_of(leases_raw), now_ms)
+        if leases.readable:
+            names |= leases.live
+            g.live = sum(1 for n in names if leases.state(n) == "live")
+        g.stopped = len(names) - (g.live or 0)
+        prev = self._prev.get((key, name))
+        self._prev[(key, name)] = _Prev(now_ms, g.entries_read, g.pending)
+        if prev is not None and prev.value is not None and g.entries_read is not None \
+                and g.entries_read >= prev.value:
+            delivered = g.entries_read - prev.value
+            g.handled = max(0, delivered - (g.pending - prev.pending))
+            g.rate = _rate(g.handled, now_ms - prev.ms)
+        return g
+
+
+def _group_commands(pipe: Any, key: bytes, group: bytes) -> None:
+    pipe.execute_command("XPENDING", key, group)
+    pipe.execute_command("XINFO", "CONSUMERS", key, group)
+    pipe.execute_command("HGETALL", consumer_leases_key(_s(key), _s(group)))
+
+
+def _stream(key: bytes, info: Any, dlq: Any) -> StreamSample:
+    sample = StreamSample(_s(key), dlq_length=0 if isinstance(dlq, Exception) else int(dlq or 0))
+    if isinstance(info, NoPermissionError):
+        sample.state = "denied"
+    elif isinstance(info, ResponseError):
+        sample.state = "wrongtype" if str(info).startswith("WRONGTYPE") else "missing"
+    elif isinstance(info, Exception):
+        raise info
+    else:
+        s = _pairs(info)
+        sample.length = int(s.get("length") or 0)
+        sample.entries_added = _int(s.get("entries-added"))
+        last = s.get("last-generated-id")
+        sample.last_generated_id = None if last is None else _s(last)
+    return sample
