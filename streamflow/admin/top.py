@@ -161,6 +161,11 @@ class Sampler:
         self._prev: dict[tuple[bytes, bytes], _Prev] = {}  # per group, for out/s
         self._prev_in: dict[bytes, _Prev] = {}  # per stream, for in/s
 
+    def forget(self) -> None:
+        """Look for streams and queues again at the next refresh (after the server was lost:
+        it may have restarted with other keys)."""
+        self._found_at = None
+
     async def _discover(self, client: Any) -> None:
         if not self.named:
             self._keys = await _list_streams(client)  # AdminError when SCAN is not allowed

@@ -163,20 +163,26 @@ class _Top:
                     self.snap.version = await _server_version(client)
                 await self.sampler.sample(client, self.snap)
             except ServerUnavailable as exc:
-                self.snap.error, client = str(exc), None
+                self._lost(str(exc))
+                client = None
             except StreamflowError:
                 raise
             except Exception as exc:
                 error = translate(exc, conn.safe_url)
                 if error is None:
                     raise
-                self.snap.error, client = str(error), None
+                self._lost(str(error))
+                client = None
             self._draw()
             with anyio.move_on_after(max(0.0, started + self.interval - anyio.current_time())):
                 while True:
                     await self._redraw.wait()
                     self._redraw = anyio.Event()
                     self._draw()
+
+    def _lost(self, error: str) -> None:
+        self.snap.error = error
+        self.sampler.forget()
 
     def _draw(self) -> None:
         try:

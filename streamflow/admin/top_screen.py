@@ -16,6 +16,7 @@ column widths, nothing cut), printed once per refresh.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .top import GroupSample, Snapshot, StreamSample
 __all__ = ["Line", "count", "fit_name", "layout", "rate", "snapshot_text"]
 
 MIN_NAME = 16  # columns are dropped before the name column gets narrower than this
+ERROR_LINES = 3  # lines an error may take at the top of the screen
 
 
 @dataclass
@@ -190,18 +192,24 @@ def _header(snap: Snapshot, width: int, now: float) -> Line:
     return Line((left.ljust(width - len(right)) + right)[:width], "header")
 
 
-def _status(snap: Snapshot, interval: float, width: int) -> Line:
+def _status(snap: Snapshot, interval: float, width: int) -> list[Line]:
+    """The status: the error of the last refresh (up to :data:`ERROR_LINES` lines), a note,
+    or a summary."""
     if snap.error:
         since = "" if snap.taken_at is None else \
-            f"; figures from {time.strftime('%H:%M:%S', time.localtime(snap.taken_at))}"
-        return Line(fit_name(f"! {snap.error}: retrying every {interval:g}s{since}", width),
-                    "error")
+            f", figures from {time.strftime('%H:%M:%S', time.localtime(snap.taken_at))}"
+        text = f"! {clean(snap.error)} (retrying every {interval:g}s{since})"
+        wrapped = textwrap.wrap(text, max(1, width)) or [""]
+        if len(wrapped) > ERROR_LINES:
+            wrapped = [*wrapped[: ERROR_LINES - 1], fit_name(" ".join(wrapped[ERROR_LINES - 1:]),
+                                                            width)]
+        return [Line(line, "error") for line in wrapped]
     if snap.notes:
-        return Line(fit_name(snap.notes[0], width), "note")
+        return [Line(fit_name(snap.notes[0], width), "note")]
     groups = sum(len(s.groups) for s in snap.streams)
     text = (f"{len(snap.streams)} streams  {groups} groups  {len(snap.queues)} job queues  "
             f"refresh {interval:g}s  rates: per second")
-    return Line(text[:width], "dim")
+    return [Line(text[:width], "dim")]
 
 
 def layout(snap: Snapshot, width: int, height: int, interval: float,
@@ -211,16 +219,17 @@ def layout(snap: Snapshot, width: int, height: int, interval: float,
         return []
     header = _header(snap, width, time.time() if now is None else now)
     if height < 3:
-        return [header, Line("q quit"[:width], "footer")][:height]
-    if snap.server_ms is None and snap.error is None:
-        body: list[Line] = [Line("connecting..."[:width], "dim")]
+        return [*[header][: height - 1], Line("q quit"[:width], "footer")]
+    if snap.server_ms is None:  # no figures yet
+        body: list[Line] = [Line("" if snap.error else "connecting..."[:width], "dim")]
         title: list[Line] = []
         queues: list[Line] = []
     else:
         col_header, body = _stream_lines(snap, width)
         title = [col_header]
         queues = _queue_lines(snap, width)
-    room = height - 3 - len(title)  # header, status, footer
+    status = _status(snap, 1.0 if interval <= 0 else interval, width)
+    room = height - 2 - len(status) - len(title)  # header, status, footer
     q_take = 0  # lines of the queue section: a blank line, its header, its rows
     if queues and room >= 3:
         q_take = len(queues) + 1
@@ -233,8 +242,7 @@ def layout(snap: Snapshot, width: int, height: int, interval: float,
         hidden += len(queues) - 1 - max(0, q_take - 2)
     body = body[: max(0, room)]
     footer = "q quit" + (f"  ({hidden} more rows: enlarge the terminal)" if hidden else "")
-    lines = [header, _status(snap, 1.0 if interval <= 0 else interval, width), *title, *body,
-             *shown_queues]
+    lines = [header, *status, *title, *body, *shown_queues]
     lines = lines[: height - 1]
     lines += [Line("") for _ in range(height - 1 - len(lines))]  # the footer on the last line
     return [*lines, Line(footer[:width], "footer")]
