@@ -36,6 +36,7 @@ from streamflow.admin.top import GroupSample, Sampler, Snapshot, StreamSample
 from streamflow.admin.top_screen import fit_name, layout, snapshot_text
 from streamflow.embedded import ServerProcess, find_server_binary
 from streamflow.keys import consumer_leases_key
+from streamflow.permissions import ADMIN_COMMANDS, acl_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = "0.4"
@@ -473,6 +474,42 @@ def test_bad_url_and_interval_are_clear_errors() -> None:
     assert out.returncode == 2 and "--interval" in out.stderr and ">= 0.1" in out.stderr
     out = run_top("redis://127.0.0.1:1/0", "--once")  # nothing listens there
     assert out.returncode == 2 and "cannot reach Redis at redis://127.0.0.1:1/0" in out.stderr
+
+
+def test_restricted_user(redis_url: str) -> None:
+    """A user with only the operator commands on some keys: named streams show; listed ones
+    it may not read are marked, not fatal; a user that may not SCAN is told to name streams."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.xadd("orders", {"n": 1})
+    admin.xadd("secret", {"n": 1})
+    made = []
+
+    def user(name: str, rules: list[str]) -> str:
+        admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">pw-{name}", *rules)
+        made.append(name)
+        return redis_url.replace("redis://", f"redis://{name}:pw-{name}@", 1)
+
+    try:
+        url = user("sf-top", acl_rules(ADMIN_COMMANDS, ["orders", "orders:dlq"]))
+        doc = json.loads(run_top(url, "orders", "--once", "--json", "--interval", "0.2").stdout)
+        assert [(s["name"], s["state"], s["length"]) for s in doc["streams"]] == [
+            ("orders", "stream", 1)]
+        out = run_top(url, "--once", "--interval", "0.2")
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"^orders +- +stream +1 ", out.stdout, re.M), out.stdout
+        assert re.search(r"^secret +- +denied ", out.stdout, re.M), out.stdout
+        assert "pw-sf-top" not in out.stdout
+        url = user("sf-noscan", acl_rules([c for c in ADMIN_COMMANDS if c != "scan"], ["orders"]))
+        for mode in ("--once", "--json"):  # one snapshot, or the loop
+            out = run_top(url, mode, "--interval", "0.2")
+            assert out.returncode == 2, (out.stdout, out.stderr)
+            assert out.stderr == ("streamflow: error: this Redis user may not list the server's "
+                                  "keys (SCAN is not allowed); name the streams to watch instead: "
+                                  "streamflow top STREAM [STREAM ...]\n"), out.stderr
+    finally:
+        for name in made:
+            admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
 
 
 # -- the model and the layout, in-process ---------------------------------------------------

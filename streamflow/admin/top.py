@@ -47,12 +47,24 @@ from .queues import QueueCounts, queue_counts, registered_queues
 
 __all__ = ["DISCOVER_EVERY", "GroupSample", "Sampler", "Snapshot", "StreamSample"]
 
+#: What ``top`` says when it may not list the server's streams.
+NAME_STREAMS_HINT = "name the streams to watch instead: streamflow top STREAM [STREAM ...]"
+
 #: Seconds between two look-ups of which streams and queues exist (SCAN, HGETALL).
 DISCOVER_EVERY = 10.0
 
 
 def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _raw_key(name: str) -> bytes:
+    """A key name built from decoded names, back as the exact bytes (any bytes survive)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _pairs(row: Any) -> dict[str, Any]:
@@ -151,7 +163,7 @@ class Sampler:
     """Reads the figures of the watched streams and queues; keeps what rates need."""
 
     def __init__(self, streams: Sequence[str], *, discover_every: float = DISCOVER_EVERY) -> None:
-        self.named = [s.encode("utf-8", "surrogateescape") for s in streams]
+        self.named = [_raw_key(s) for s in streams]
         self.discover_every = discover_every
         self._keys: list[bytes] = list(self.named)
         self._queues: dict[str, str] = {}
@@ -168,14 +180,18 @@ class Sampler:
 
     async def _discover(self, client: Any) -> None:
         if not self.named:
-            self._keys = await _list_streams(client)  # AdminError when SCAN is not allowed
+            try:
+                self._keys = await _list_streams(client)
+            except AdminError:  # SCAN is not allowed
+                raise AdminError(f"this Redis user may not list the server's keys (SCAN is not "
+                                 f"allowed); {NAME_STREAMS_HINT}") from None
         try:
             queues = await registered_queues(client)
         except NoPermissionError:
             self._queues, self._queue_note = {}, "job queues not shown: this Redis user may " \
                 "not read streamflow:queues"
         else:
-            names = {_s(k) for k in self.named}
+            names = {_name(k) for k in self.named}
             self._queues = {q: s for q, s in queues.items() if not names or s in names}
             self._queue_note = None
         self._found_at = time.monotonic()
@@ -228,7 +244,7 @@ class Sampler:
         for key in keys:
             pipe.execute_command("XINFO", "STREAM", key)
             pipe.execute_command("XINFO", "GROUPS", key)
-            pipe.execute_command("XLEN", dead_letter_stream(_s(key)))
+            pipe.execute_command("XLEN", _raw_key(dead_letter_stream(_name(key))))
             for known_group in self._groups.get(key, []):
                 _group_commands(pipe, key, known_group)
         replies = list(await pipe.execute(raise_on_error=False))
@@ -237,7 +253,7 @@ class Sampler:
             raise clock
         sec, usec = clock
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        parsed: list[tuple[StreamSample, list[dict[str, Any]], dict[bytes, list[Any]]]] = []
+        parsed: list[tuple[bytes, StreamSample, list[dict[str, Any]], dict[bytes, list[Any]]]] = []
         late: list[tuple[bytes, bytes]] = []  # groups new since the refresh before
         for key in keys:
             info, groups, dlq = replies[:3]
@@ -251,17 +267,16 @@ class Sampler:
             names = [bytes(r["name"]) for r in rows]
             late += [(key, g) for g in names if g not in details]
             self._groups[key] = names
-            parsed.append((sample, rows, details))
+            parsed.append((key, sample, rows, details))
         if late:  # a second round trip, once per new group
             pipe = client.pipeline(transaction=False)
             for key, name in late:
                 _group_commands(pipe, key, name)
             more = list(await pipe.execute(raise_on_error=False))
             for i, (key, name) in enumerate(late):
-                next(d for s, _, d in parsed if s.name == _s(key))[name] = more[i * 3:i * 3 + 3]
+                next(d for k, _, _, d in parsed if k == key)[name] = more[i * 3:i * 3 + 3]
         out = []
-        for sample, rows, details in parsed:
-            key = sample.name.encode("utf-8", "surrogateescape")
+        for key, sample, rows, details in parsed:
             sample.added, sample.rate_in = self._delta_in(key, now_ms, sample.entries_added)
             for row in rows:
                 group = self._group(key, row, details[bytes(row["name"])], now_ms,
@@ -318,7 +333,7 @@ class Sampler:
 def _group_commands(pipe: Any, key: bytes, group: bytes) -> None:
     pipe.execute_command("XPENDING", key, group)
     pipe.execute_command("XINFO", "CONSUMERS", key, group)
-    pipe.execute_command("HGETALL", consumer_leases_key(_s(key), _s(group)))
+    pipe.execute_command("HGETALL", _raw_key(consumer_leases_key(_name(key), _name(group))))
 
 
 def _stream(key: bytes, info: Any, dlq: Any) -> StreamSample:

@@ -107,6 +107,7 @@ _QUEUE_COLUMNS: list[tuple[str, int, Callable[[QueueCounts], str]]] = [
     ("RETRYING", 8, lambda q: count(q.retrying)),
     ("FAILED", 7, lambda q: count(q.failed)),
 ]
+_QUEUE_DROP = ["RETRYING", "SCHED", "RUNNING"]
 _STATE = {"missing": "(no such stream)", "denied": "(no permission)", "wrongtype": "(not a stream)"}
 
 
@@ -171,12 +172,14 @@ def _group_style(label: str, g: GroupSample) -> str:
 def _queue_lines(snap: Snapshot, width: int) -> list[Line]:
     if not snap.queues:
         return []
-    cols = [(c[0], c[1]) for c in _QUEUE_COLUMNS]
+    kept = _fit_columns(width, [(c[0], c[1]) for c in _QUEUE_COLUMNS], _QUEUE_DROP)
+    columns = [c for c in _QUEUE_COLUMNS if c[0] in kept]
+    cols = [(c[0], c[1]) for c in columns]
     name_width = max(1, width - sum(w + 1 for _, w in cols))
     lines = [Line(_row("JOB QUEUE", cols, width, name_width), "title")]
     for q in snap.queues:
         cells = [(c[2](q), c[1], "alert" if c[0] == "FAILED" and q.failed else "")
-                 for c in _QUEUE_COLUMNS]
+                 for c in columns]
         text = _row(q.queue, [(v, w) for v, w, _ in cells], width, name_width)
         lines.append(Line(text, "stream", _spans_of(text, cells, name_width)))
     return lines
@@ -190,6 +193,10 @@ def _header(snap: Snapshot, width: int, now: float) -> Line:
     if len(left) + 2 + len(right) > width:
         left = fit_name(left, max(0, width - len(right) - 2))
     return Line((left.ljust(width - len(right)) + right)[:width], "header")
+
+
+def _n(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
 def _status(snap: Snapshot, interval: float, width: int) -> list[Line]:
@@ -207,8 +214,8 @@ def _status(snap: Snapshot, interval: float, width: int) -> list[Line]:
     if snap.notes:
         return [Line(fit_name(snap.notes[0], width), "note")]
     groups = sum(len(s.groups) for s in snap.streams)
-    text = (f"{len(snap.streams)} streams  {groups} groups  {len(snap.queues)} job queues  "
-            f"refresh {interval:g}s  rates: per second")
+    text = (f"{_n(len(snap.streams), 'stream')}  {_n(groups, 'group')}  "
+            f"{_n(len(snap.queues), 'job queue')}  refresh {interval:g}s  rates: per second")
     return [Line(text[:width], "dim")]
 
 
