@@ -32,7 +32,8 @@ import pytest
 import redis
 
 from streamflow import App
-from streamflow.admin.top import GroupSample, Sampler, Snapshot, StreamSample
+from streamflow.admin.top import Sampler
+from streamflow.admin.top_model import GroupSample, Snapshot, StreamSample
 from streamflow.admin.top_screen import fit_name, layout, snapshot_text
 from streamflow.embedded import ServerProcess, find_server_binary
 from streamflow.keys import consumer_leases_key

@@ -11,8 +11,9 @@
     A live view refreshed every ``--interval`` seconds: per stream and group the rates
     (added/s, handled/s), lag, pending, oldest pending age, live/stopped consumers, DLQ
     length, and the job queues' counts; ``q`` quits. See :mod:`streamflow.admin.top_live`
-    (the command), :mod:`~streamflow.admin.top` (what a refresh reads) and
-    :mod:`~streamflow.admin.top_screen` (the layout).
+    (the command, keys, signals), :mod:`~streamflow.admin.top` (what a refresh reads, the
+    rates), :mod:`~streamflow.admin.top_model` (its data), :mod:`~streamflow.admin.top_screen`
+    (the layout) and :mod:`~streamflow.admin.top_views` (rich, plain ANSI, pipe).
 
 ``streamflow dlq list STREAM``
     The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``).

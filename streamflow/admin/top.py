@@ -31,21 +31,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from redis.exceptions import NoPermissionError, ResponseError
 
-from ..connection import redact_url
 from ..errors import AdminError
 from ..keys import RETRY_CONSUMER, consumer_leases_key, dead_letter_stream, id_ms, parse_id
 from ..name_lease import holders_of
 from .info import _list_streams
 from .liveness import Leases, leases_of
 from .queues import QueueCounts, queue_counts, registered_queues
+from .top_model import GroupSample, Snapshot, StreamSample
 
-__all__ = ["DISCOVER_EVERY", "GroupSample", "Sampler", "Snapshot", "StreamSample"]
+__all__ = ["DISCOVER_EVERY", "NAME_STREAMS_HINT", "Sampler"]
 
 #: What ``top`` says when it may not list the server's streams.
 NAME_STREAMS_HINT = "name the streams to watch instead: streamflow top STREAM [STREAM ...]"
@@ -79,77 +79,6 @@ def _int(value: Any) -> int | None:
 
 def _rate(count: int | None, ms: int) -> float | None:
     return None if count is None or ms <= 0 else count * 1000 / ms
-
-
-@dataclass
-class GroupSample:
-    """One consumer group at one refresh."""
-
-    name: str
-    pending: int
-    lag: int | None  # None: the server cannot tell (after deletions inside the stream)
-    entries_read: int | None
-    retrying: int = 0  # pending entries parked on streamflow:retry, waiting for their backoff
-    oldest_age_ms: int | None = None  # age of the oldest pending entry (from its id)
-    live: int | None = None  # consumers whose name a process holds; None: leases unreadable
-    stopped: int = 0  # consumers of the group without a live lease
-    handled: int | None = None  # settled since the refresh before
-    rate: float | None = None  # ... per second
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return dict(self.__dict__)
-
-
-@dataclass
-class StreamSample:
-    """One watched stream at one refresh. ``state``: ``stream``, ``missing`` (no such key),
-    ``denied`` (the Redis user may not read it) or the key's other type (``wrongtype``)."""
-
-    name: str
-    state: str = "stream"
-    length: int = 0
-    entries_added: int | None = None
-    last_generated_id: str | None = None
-    dlq_length: int = 0
-    added: int | None = None  # entries added since the refresh before
-    rate_in: float | None = None  # ... per second
-    groups: list[GroupSample] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        doc = {k: v for k, v in self.__dict__.items() if k != "groups"}
-        return {**doc, "groups": [g.to_json() for g in self.groups]}
-
-
-@dataclass
-class Snapshot:
-    """What one refresh shows; ``error``: the last refresh failed, the figures are older."""
-
-    url: str
-    version: str = ""
-    server_ms: int | None = None  # the server's clock at the figures' refresh
-    taken_at: float | None = None  # local time.time() of that refresh
-    streams: list[StreamSample] = field(default_factory=list)
-    queues: list[QueueCounts] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # queues or streams not shown, and why
-    error: str | None = None
-
-    def rates_of(self, stream: str) -> dict[str, float | None]:
-        """Handled per second of each group of ``stream``."""
-        for s in self.streams:
-            if s.name == stream:
-                return {g.name: g.rate for g in s.groups}
-        return {}
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (one line of ``top --json``)."""
-        return {
-            "server": {"url": redact_url(self.url), "version": self.version},
-            "server_time_ms": self.server_ms, "error": self.error,
-            "streams": [s.to_json() for s in self.streams],
-            "queues": [q.to_json() for q in self.queues], "notes": self.notes,
-        }
 
 
 @dataclass

@@ -38,7 +38,8 @@ from ..connection import Connection, check_url
 from ..errors import ServerUnavailable, StreamflowError
 from .info import _server_version
 from .runner import redis_url, run, translate
-from .top import Sampler, Snapshot
+from .top import Sampler
+from .top_model import Snapshot
 from .top_screen import snapshot_text
 from .top_views import View, choose_view
 
@@ -119,8 +120,9 @@ class _Top:
             self._scope.cancel()
 
     async def main(self, keys: int | None) -> int:
-        conn = Connection(self.url, socket_timeout=max(2.0, 3 * self.interval),
-                          connect_timeout=max(1.0, 2 * self.interval))
+        # A reply late by more than a few refreshes is an outage to show, not to wait out.
+        conn = Connection(self.url, socket_timeout=min(10.0, max(2.0, 3 * self.interval)),
+                          connect_timeout=min(5.0, max(1.0, 2 * self.interval)))
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..connection import redact_url
 from .queues import QueueCounts
 from .render import clean, duration, table
-from .top import GroupSample, Snapshot, StreamSample
+from .top_model import GroupSample, Snapshot, StreamSample
 
 __all__ = ["Line", "count", "fit_name", "layout", "rate", "snapshot_text"]
 

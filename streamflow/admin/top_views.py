@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Protocol
 
-from .top import Snapshot
+from .top_model import Snapshot
 from .top_screen import Line, layout, snapshot_text
 
 __all__ = ["AnsiView", "PipeView", "RichView", "View", "choose_view", "terminal_size"]
@@ -30,6 +30,8 @@ STYLES = {"header": "reverse bold", "title": "bold", "stream": "bold", "dim": "d
 
 
 class View(Protocol):
+    """What the refresh loop draws with."""
+
     interactive: bool  # full screen: reads keys, redraws on resize
 
     def open(self) -> None: ...
@@ -38,6 +40,7 @@ class View(Protocol):
 
 
 def terminal_size() -> tuple[int, int]:
+    """Columns and lines of the terminal on stdout now (80 x 24 when it cannot tell)."""
     try:
         size = os.get_terminal_size(sys.stdout.fileno())
     except (OSError, ValueError):
