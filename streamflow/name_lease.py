@@ -38,6 +38,7 @@ __all__ = [
     "ProcessFacts",
     "encode_meta",
     "holders_at",
+    "holders_of",
     "judge",
     "live_tokens",
     "parse_holder",
@@ -205,7 +206,11 @@ async def read_holders(client: Any, stream: str, group: str) -> dict[str, Holder
 
 async def holders_at(client: Any, key: str | bytes) -> dict[str, Holder]:
     """Every lease stored in the lease hash ``key``, by consumer name."""
-    raw = await client.execute_command("HGETALL", key)
+    return holders_of(await client.execute_command("HGETALL", key))
+
+
+def holders_of(raw: Any) -> dict[str, Holder]:
+    """The leases in an ``HGETALL`` reply of a lease hash (e.g. a pipelined one), by name."""
     if isinstance(raw, dict):
         items = list(raw.items())
     else:

@@ -182,7 +182,8 @@ async def test_ordered_per_key_under_concurrency_100(cluster_url: str) -> None:
         assert seen[k] == expected, k
 
 
-async def test_ordered_through_a_worker_killed_with_9(cluster_url: str, redis_url: str) -> None:
+async def test_ordered_through_a_worker_killed_with_9(cluster_url: str, redis_url: str,
+                                                     tmp_path: Path) -> None:
     """Two worker processes share 6 ordered partitions; one is killed mid-run; the other
     takes its partitions over (its name lease shows it dead) and every key's entries run
     in order, the killed worker's unfinished ones first."""
@@ -197,7 +198,8 @@ async def test_ordered_through_a_worker_killed_with_9(cluster_url: str, redis_ur
                 [sys.executable, "-m", "streamflow", "run", "tests.apps.ordered:app",
                  "--redis-url", cluster_url],
                 cwd=ROOT, env=env | {"STREAMFLOW_WORKER_SLOT": str(slot)},
-                stdout=open(f"/tmp/ordw{slot}.log", "w"), stderr=subprocess.STDOUT))
+                stdout=(tmp_path / f"worker{slot}.log").open("w"),
+                stderr=subprocess.STDOUT))
         app = App(redis_url=cluster_url)
         app.stream("ord", partitions=6)
         items = [{"k": f"k{i % 30}", "n": i // 30, "sleep": 0.01} for i in range(1200)]

@@ -1,4 +1,4 @@
-"""Operator commands: ``streamflow info``, ``dlq``, ``publish``, ``job`` and ``jobs``.
+"""Operator commands: ``streamflow info``, ``top``, ``dlq``, ``publish``, ``job`` and ``jobs``.
 
 ``streamflow info [STREAM ...]``
     Streams (all keys of type stream when none are named, dead-letter streams
@@ -6,6 +6,14 @@
     oldest pending entry, entries parked on ``streamflow:retry`` waiting for their
     backoff) and each group's consumers with their pending count, idle time and state
     (live: a process holds the name's lease; stopped), and when each parked retry runs.
+
+``streamflow top [STREAM ...]``
+    A live view refreshed every ``--interval`` seconds: per stream and group the rates
+    (added/s, handled/s), lag, pending, oldest pending age, live/stopped consumers, DLQ
+    length, and the job queues' counts; ``q`` quits. See :mod:`streamflow.admin.top_live`
+    (the command, keys, signals), :mod:`~streamflow.admin.top` (what a refresh reads, the
+    rates), :mod:`~streamflow.admin.top_model` (its data), :mod:`~streamflow.admin.top_screen`
+    (the layout) and :mod:`~streamflow.admin.top_views` (rich, plain ANSI, pipe).
 
 ``streamflow dlq list STREAM`` / ``dlq show [STREAM] ID``
     The records of the dead-letter stream of ``STREAM`` (default ``STREAM:dlq``); one
@@ -61,6 +69,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..cli_types import positive_float as _positive_float
 from ..cli_types import positive_int as _positive_int
 from ..errors import AdminError, UnknownStream
 from .dlq import cmd_dlq_list, cmd_dlq_purge, cmd_dlq_replay, cmd_dlq_show
@@ -117,6 +126,7 @@ def add_admin_commands(sub: Any) -> None:
     _add_dlq_commands(sub, common)
     _add_publish_command(sub)
     _add_job_commands(sub, common)
+    _add_top_command(sub)
 
 
 def _add_dlq_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -225,6 +235,46 @@ def _add_publish_command(sub: Any) -> None:
         help="server URL (default: STREAMFLOW_REDIS_URL or redis://localhost:6379/0)",
     )
     pub.set_defaults(handler=cmd_publish)
+
+
+def _interval(text: str) -> float:
+    """``--interval``: seconds, at least 0.1."""
+    value = _positive_float(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"must be >= 0.1 seconds, got {value:g}")
+    return value
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from .top_live import cmd_top  # termios and the views: only for this command
+
+    return cmd_top(args)
+
+
+def _add_top_command(sub: Any) -> None:
+    """``top [STREAM ...]`` (see :mod:`streamflow.admin.top_live`)."""
+    top = sub.add_parser(
+        "top", help="live view of streams, consumer groups and job queues (q quits)",
+        description="A live view of streams (all streams when none are named), refreshed every "
+        "--interval seconds: per stream entries added per second (IN/S) and DLQ length, per "
+        "consumer group entries handled per second (OUT/S: deliveries minus the growth of the "
+        "pending list), lag, pending entries, age of the oldest pending entry and live/stopped "
+        "consumers; and the job queues' counts. On a terminal it is a full screen (rich when "
+        "installed: pip install 'streamflow-redis[live]'); q or Ctrl-C quits. When stdout is not "
+        "a terminal it prints one snapshot per refresh.",
+    )
+    top.add_argument("streams", nargs="*", metavar="STREAM", help="streams to show (default all)")
+    top.add_argument("--redis-url", "--url", dest="redis_url", metavar="URL",
+                     help="server URL (default: STREAMFLOW_REDIS_URL or redis://localhost:6379/0)")
+    top.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true",
+                     help="print one snapshot (rates over one interval) and exit")
+    top.add_argument("--json", action="store_true",
+                     help="JSON: one document per refresh, one per line (with --once: one)")
+    top.add_argument("--plain", action="store_true",
+                     help="draw the screen with plain ANSI sequences even when rich is installed")
+    top.set_defaults(handler=_cmd_top)
 
 
 def _add_job_commands(sub: Any, common: argparse.ArgumentParser) -> None:

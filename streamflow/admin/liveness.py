@@ -23,10 +23,10 @@ from typing import Any
 from redis.exceptions import NoPermissionError
 
 from ..keys import RETRY_CONSUMER, consumer_leases_key
-from ..name_lease import holders_at
+from ..name_lease import Holder, holders_at
 from ..policies import Retry
 
-__all__ = ["RETRY_LIMIT", "Leases", "RetryInfo", "parked_retries", "read_leases"]
+__all__ = ["RETRY_LIMIT", "Leases", "RetryInfo", "leases_of", "parked_retries", "read_leases"]
 
 #: Parked retries read per group (the count of all is the retry consumer's pending).
 RETRY_LIMIT = 1000
@@ -60,6 +60,12 @@ async def read_leases(client: Any, stream: bytes, group: bytes, now_ms: int) -> 
         holders = await holders_at(client, key)
     except NoPermissionError:
         return Leases(readable=False)
+    return leases_of(holders, now_ms)
+
+
+def leases_of(holders: dict[str, Holder], now_ms: int) -> Leases:
+    """The :class:`Leases` of a group's stored leases (:func:`~streamflow.name_lease.holders_of`)
+    at server time ``now_ms``: the unexpired ones are live."""
     leases = Leases(readable=True)
     for name, holder in holders.items():
         if holder.expires_ms <= now_ms:

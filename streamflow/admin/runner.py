@@ -20,10 +20,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..config import DEFAULT_REDIS_URL
 from ..connection import Connection, redact_url
-from ..errors import AdminError, ConfigError, ServerUnavailable, UnknownStream
+from ..errors import AdminError, ConfigError, ServerUnavailable, StreamflowError, UnknownStream
 from ..redis_errors import TRANSIENT
 
-__all__ = ["redis_url", "run"]
+__all__ = ["redis_url", "run", "translate"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,21 @@ def redis_url(args: argparse.Namespace) -> str:
     return url
 
 
+def translate(exc: BaseException, safe_url: str) -> StreamflowError | None:
+    """The operator-facing error for a redis-py exception from the server at ``safe_url``
+    (password redacted), or None when ``exc`` is not a Redis error."""
+    if isinstance(exc, UnknownStream):
+        return UnknownStream(f"{exc} at {safe_url}")
+    if isinstance(exc, TRANSIENT):  # connection lost, timeout (OSError included)
+        reason = redact_url(str(exc)) or type(exc).__name__
+        return ServerUnavailable(f"lost Redis at {safe_url}: {reason}")
+    if isinstance(exc, ResponseError):
+        return AdminError(f"Redis at {safe_url} refused a command: {redact_url(str(exc))}")
+    if isinstance(exc, RedisError):
+        return AdminError(f"Redis error at {safe_url}: {redact_url(str(exc))}")
+    return None
+
+
 def run(url: str, work: Callable[[Any, Connection], Awaitable[T]]) -> T:
     """Connect to ``url``, run ``work(client, connection)``, close; map Redis errors."""
 
@@ -49,17 +64,11 @@ def run(url: str, work: Callable[[Any, Connection], Awaitable[T]]) -> T:
             await conn.check()
             client = await conn.client()
             return await work(client, conn)
-        except UnknownStream as exc:
-            raise UnknownStream(f"{exc} at {conn.safe_url}") from None
-        except TRANSIENT as exc:  # connection lost, timeout (OSError included)
-            reason = redact_url(str(exc)) or type(exc).__name__
-            raise ServerUnavailable(f"lost Redis at {conn.safe_url}: {reason}") from None
-        except ResponseError as exc:
-            raise AdminError(
-                f"Redis at {conn.safe_url} refused a command: {redact_url(str(exc))}"
-            ) from None
-        except RedisError as exc:
-            raise AdminError(f"Redis error at {conn.safe_url}: {redact_url(str(exc))}") from None
+        except Exception as exc:
+            error = translate(exc, conn.safe_url)
+            if error is None:
+                raise
+            raise error from None
         finally:
             await conn.aclose()
 
