@@ -290,9 +290,10 @@ async def test_durable_publish_without_replicas_raises(redis_url: str) -> None:
 
 async def test_failover_keeps_durable_entries_retries_and_order(make_cluster: Any) -> None:
     """Kill a master while a worker consumes (ordered, with failing entries) and a producer
-    publishes with durable=True: the replica takes over, the worker goes on without a
-    restart, every durable entry is handled, the failing ones are dead-lettered, and
-    each key's entries ran in order. Entries that ran twice are counted and reported."""
+    publishes with durable=True: the replica takes over, the old master is restarted and
+    rejoins as its replica, the worker goes on without a restart, every durable entry is
+    handled, the failing ones are dead-lettered, and each key's entries ran in order.
+    Entries that ran twice are counted and reported."""
     cluster: LocalCluster = make_cluster()
     url = cluster.url
     app = App(redis_url=url)
@@ -334,6 +335,10 @@ async def test_failover_keeps_durable_entries_retries_and_order(make_cluster: An
         async def promoted() -> None:
             await anyio.to_thread.run_sync(lambda: cluster.wait_failover(victim, timeout=30))
             failover_s.append(time.monotonic() - killed_at)
+            # The promoted replica has no replica of its own until the old master comes
+            # back (as its replica): until then durable publishes to its slots raise
+            # NotReplicated, and the producer retries them.
+            await anyio.to_thread.run_sync(lambda: cluster.restart(victim))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce, 600, 1200)
