@@ -36,11 +36,11 @@ from streamflow.stats import DURATION_BUCKETS, LATENCY_BUCKETS
 from streamflow.testing import running_worker, wait_until
 
 pytest.importorskip("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
-from streamflow.metrics import server as http  # noqa: E402
-from streamflow.metrics.collector import METRICS  # noqa: E402
-from tests.apps.metrics import BAD, OK, SLOW, make_app  # noqa: E402
+from streamflow.metrics import server as http
+from streamflow.metrics.collector import METRICS
+from tests.apps.metrics import BAD, OK, SLOW, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "tests.apps.metrics:app"
@@ -136,6 +136,18 @@ class MetricsWorker:
 
     def wait_ready(self) -> None:
         self.wait(lambda: self.get("/readyz")[0] == 200, "ready")
+
+    def wait_status(self, path: str, status: int) -> str:
+        """Poll ``path`` until it answers ``status``; the body."""
+        got: list[str] = []
+
+        def check() -> bool:
+            code, body, _ = self.get(path)
+            got[:] = [body]
+            return code == status
+
+        self.wait(check, f"{path} answering {status}")
+        return got[0]
 
     def wait_metric(self, name: str, want: float, **labels: str) -> Samples:
         """Scrape until sample ``name`` (with ``labels``) equals ``want``; the last scrape."""
@@ -252,18 +264,20 @@ def test_backlog_gauges_then_draining(redis_url: str, workers: Callable[..., Met
     assert value(s, "streamflow_group_consumers", stream=SLOW, group="m-slow") == 1
     assert value(s, "streamflow_stream_length", stream=SLOW) == 4
     time.sleep(0.6)  # the entries age; the next polls see it
-    s = w.wait(lambda: (lambda s: s if (value(
-        s, "streamflow_group_oldest_undelivered_age_seconds", stream=SLOW) or 0) >= 0.5 else None
-    )(w.scrape()), "aged")
+
+    def aged() -> Samples | None:
+        s = w.scrape()
+        age = value(s, "streamflow_group_oldest_undelivered_age_seconds", stream=SLOW)
+        return s if age is not None and age >= 0.5 else None
+
+    s = w.wait(aged, "the backlog's head 0.5 s old")
     assert value(s, "streamflow_group_oldest_pending_age_seconds", stream=SLOW) >= 0.5
     assert value(s, "streamflow_group_oldest_pending_age_seconds", stream=OK) == 0
     assert value(s, "streamflow_group_oldest_undelivered_age_seconds", stream=OK) == 0
 
     # SIGTERM with a handler in flight: not ready while draining, still alive.
     w.proc.send_signal(signal.SIGTERM)
-    status, body, _ = w.wait(lambda: (lambda r: r if r[0] == 503 else None)(w.get("/readyz")),
-                             "draining")
-    assert body == "not ready: draining\n"
+    assert w.wait_status("/readyz", 503) == "not ready: draining\n"
     assert w.get("/healthz")[:2] == (200, "ok\n")
     assert value(w.scrape(), "streamflow_worker_ready") == 0
     assert w.proc.wait(10) == 0  # the grace period ran out: a graceful stop all the same
@@ -271,10 +285,11 @@ def test_backlog_gauges_then_draining(redis_url: str, workers: Callable[..., Met
         socket.create_connection(("127.0.0.1", w.port), timeout=1).close()  # the port is closed
 
 
-def test_job_gauges(redis_url: str, workers: Callable[..., MetricsWorker]) -> None:
-    w = workers(redis_url)
+def test_job_gauges(any_redis_url: str, workers: Callable[..., MetricsWorker]) -> None:
+    """On Redis and Valkey: the poll reads XINFO GROUPS, XPENDING, XLEN, ZCARD of both."""
+    w = workers(any_redis_url)
     w.wait_ready()
-    app, tasks = make_app(redis_url)
+    app, tasks = make_app(any_redis_url)
     try:
         for _ in range(3):
             tasks["nap"].enqueue_sync(30)  # one runs (concurrency 1), two queued
@@ -300,8 +315,7 @@ def test_readyz_when_redis_goes_away(workers: Callable[..., MetricsWorker]) -> N
         w.wait_ready()
         assert value(w.scrape(), "streamflow_redis_up") == 1
         server.kill()
-        status, body, _ = w.wait(lambda: (lambda r: r if r[0] == 503 else None)(w.get("/readyz")),
-                                 "not ready")
+        body = w.wait_status("/readyz", 503)
         assert body.startswith("not ready: redis unreachable: "), body
         assert w.get("/healthz")[0] == 200  # the process is fine: only not ready
         s = w.scrape()
@@ -321,7 +335,7 @@ def test_port_offset_per_process(redis_url: str, workers: Callable[..., MetricsW
                                            "STREAMFLOW_PROCESSES": "3"})
     w.port = base + 2
     w.wait_ready()
-    assert '"port": %d' % (base + 2) in w.logs()
+    assert f'"port": {base + 2}' in w.logs()
     assert "unknown_environment_variable" not in w.logs()
     with pytest.raises(OSError):
         get(base, "/healthz", timeout=1)
@@ -339,7 +353,8 @@ def test_missing_prometheus_client_stops_the_worker(redis_url: str, tmp_path: Pa
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
     proc = subprocess.run([sys.executable, "-m", "streamflow", "run", APP, "--redis-url", redis_url,
                            "--metrics-port", str(free_port())],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                          check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "invalid setting metrics_port" in proc.stderr
     assert "pip install 'streamflow-redis[metrics]'" in proc.stderr
@@ -377,9 +392,9 @@ def test_settings() -> None:
     assert metrics_port_for(s, {}) == 9100
     assert metrics_port_for(s, {"STREAMFLOW_PROCESS_INDEX": "3"}) == 9103
     assert metrics_port_for(Settings(metrics_port=0), {"STREAMFLOW_PROCESS_INDEX": "3"}) == 0
-    with pytest.raises(ConfigError, match="STREAMFLOW_PROCESS_INDEX.*whole number"):
+    with pytest.raises(ConfigError, match=r"STREAMFLOW_PROCESS_INDEX.*whole number"):
         metrics_port_for(s, {"STREAMFLOW_PROCESS_INDEX": "x"})
-    with pytest.raises(ConfigError, match="STREAMFLOW_PROCESS_INDEX.*>= 0"):
+    with pytest.raises(ConfigError, match=r"STREAMFLOW_PROCESS_INDEX.*>= 0"):
         metrics_port_for(s, {"STREAMFLOW_PROCESS_INDEX": "-1"})
     with pytest.raises(ConfigError, match=r"metrics_port.*65535 \+ process index 1"):
         metrics_port_for(Settings(metrics_port=65535), {"STREAMFLOW_PROCESS_INDEX": "1"})
@@ -483,6 +498,73 @@ async def test_http_edges(monkeypatch: pytest.MonkeyPatch) -> None:
         assert time.monotonic() - t0 < 2
         assert server.active == 0
         # The same port again: a clear error naming the setting.
-        with pytest.raises(ConfigError, match=r"metrics_port.*cannot listen on 127.0.0.1:%d" % port):
+        with pytest.raises(ConfigError, match=rf"metrics_port.*cannot listen on 127\.0\.0\.1:{port}"):
             await http.HttpServer({}, log=structlog.get_logger("test")).serve("127.0.0.1", port)
         tg.cancel_scope.cancel()
+
+
+async def _scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    status, body, _ = await anyio.to_thread.run_sync(get, port, path)
+    return status, body
+
+
+@pytest.mark.anyio
+async def test_least_privilege_worker_without_xlen(redis_url: str) -> None:
+    """The worker ACL of docs/security.md lacks XLEN: those gauges are left out, logged once."""
+    import structlog.testing
+
+    from streamflow.permissions import WORKER_COMMANDS, acl_rules, worker_keys
+    from tests.acl_users import AclUsers
+
+    app = App(redis_url=redis_url)
+    app.handler("lp", group="lp")(_noop)
+    users = AclUsers(redis_url)
+    try:
+        url = users.user("metrics-lp", acl_rules(WORKER_COMMANDS, worker_keys(app.handlers)))
+        app = App(redis_url=url)
+        app.handler("lp", group="lp")(_noop)
+        with structlog.testing.capture_logs() as logs:
+            async with running_worker(app, url, metrics_port=0, metrics_interval=0.1) as worker:
+                assert worker.exporter is not None
+                await wait_until(lambda: worker.exporter is not None
+                                 and worker.exporter.poller.polls >= 2, timeout=10)
+                port = worker.exporter.bound_port
+                assert port is not None
+                status, body = await _scrape(port)
+                ready = await _scrape(port, "/readyz")
+    finally:
+        users.close()
+    assert status == 200 and ready == (200, "ready\n")
+    samples, _ = parse(body)
+    assert value(samples, "streamflow_group_lag", stream="lp", group="lp") == 0
+    assert value(samples, "streamflow_group_consumers", stream="lp", group="lp") == 1
+    assert value(samples, "streamflow_stream_length", stream="lp") is None
+    assert value(samples, "streamflow_dead_letter_stream_length", stream="lp") is None
+    denied = [e for e in logs if e["event"] == "metrics_permission_denied"]
+    assert sorted((e["command"], e["key"]) for e in denied) == [("XLEN", "lp"), ("XLEN", "lp:dlq")]
+    assert "+xlen" in denied[0]["hint"]
+
+
+@pytest.mark.anyio
+async def test_a_poll_that_fails_oddly_leaves_the_worker_running(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamflow.metrics.groups import GroupPoller
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("lag")
+
+    monkeypatch.setattr(GroupPoller, "_group", broken)
+    app = App(redis_url=redis_url)
+    app.handler("odd", group="odd")(_noop)
+    async with running_worker(app, redis_url, metrics_port=0, metrics_interval=0.1) as worker:
+        assert worker.exporter is not None and worker.exporter.bound_port is not None
+        port = worker.exporter.bound_port
+        await wait_until(lambda: worker.exporter is not None
+                         and worker.exporter.poller.error is not None, timeout=10)
+        assert await _scrape(port, "/readyz") == (503, "not ready: metrics poll failed: KeyError: 'lag'\n")
+        await app.publish("odd", {"n": 1})
+        await wait_until(lambda: worker.stats().handled == 1, timeout=10)
+        status, body = await _scrape(port)
+    samples, _ = parse(body)
+    assert status == 200 and value(samples, "streamflow_messages_handled_total", handler="_noop") == 1
+    assert value(samples, "streamflow_redis_up") == 1  # Redis answered; reading it failed

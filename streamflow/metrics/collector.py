@@ -156,7 +156,7 @@ class WorkerCollector:
         fams["unacked"].add_metric([], stats.unacked)
         fams["blocked"].add_metric([], self.loop_blocked())
         fams["ready"].add_metric([], 1 if self.ready() else 0)
-        fams["redis_up"].add_metric([], 1 if self.poller.error is None and self.poller.last else 0)
+        fams["redis_up"].add_metric([], 1 if self.poller.reachable else 0)
         yield from fams.values()
         info = _WORKER["info"]
         yield InfoMetricFamily(info.name.removesuffix("_info"), info.help,

@@ -130,7 +130,8 @@ class GroupPoller:
         self.interval = interval
         self.log = log
         self.last: Poll | None = None  # the last successful poll
-        self.error: str | None = None  # why the last poll failed (None: it succeeded)
+        self.error: str | None = None  # why the last poll failed, as /readyz says it (None: it did not)
+        self.reachable = False  # the last poll's round trip came back
         self.failed_since: float | None = None  # monotonic time polls began to fail
         self.polls = 0  # successful polls
         self._denied: set[tuple[str, str]] = set()  # (command, key) logged as denied
@@ -145,19 +146,27 @@ class GroupPoller:
                 if self.error is not None:
                     self.log.info("metrics_redis_reachable",
                                   after_s=round(time.monotonic() - (self.failed_since or 0), 3))
-                self.error, self.failed_since = None, None
+                self.error, self.failed_since, self.reachable = None, None, True
             except (RedisError, OSError) as exc:
+                self.reachable = False
                 if self.error is None:
                     self.failed_since = time.monotonic()
                     self.log.warning("metrics_redis_unreachable", error=_describe(exc),
                                      hint="/readyz answers 503 until a poll succeeds")
-                self.error = _describe(exc)
+                self.error = f"redis unreachable: {_describe(exc)}"
+            except Exception as exc:  # a reply this code cannot read: a bug, never the worker's end
+                self.reachable = True
+                if self.error is None:
+                    self.failed_since = time.monotonic()
+                    self.log.exception("metrics_poll_failed",
+                                       hint="please report it; /readyz answers 503 meanwhile")
+                self.error = f"metrics poll failed: {_describe(exc)}"
             await anyio.sleep(self.interval)
 
     def problem(self, now: float) -> str | None:
         """Why the worker is not ready as far as Redis and its groups go, or None."""
         if self.error is not None:
-            return f"redis unreachable: {self.error}"
+            return self.error
         last = self.last
         if last is None:
             return "starting: the first poll of the groups has not finished"
