@@ -52,8 +52,10 @@ async def consume_with_metrics(params: dict[str, Any]) -> dict[str, Any]:
     port = free_port()
     settings = {**params.get("settings", {}), "metrics_port": port, "metrics_host": "127.0.0.1",
                 "metrics_interval": float(params["interval"])}
-    scraper = subprocess.Popen(  # noqa: ASYNC220 (started once, before the clock starts)[sys.executable, "-c", _SCRAPER, str(port), str(params["scrape_every"])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # (started once, before the clock starts: a blocking call is fine here)
+    scraper = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-c", _SCRAPER, str(port), str(params["scrape_every"])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import anyio
 
