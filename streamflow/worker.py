@@ -130,11 +130,10 @@ class Worker:
         if not self.app.handlers:
             raise ConfigError("app", "no handlers or tasks registered (use @app.handler(...) or @app.task)")
         s = self.settings
-        if s.metrics_port is not None:  # before connecting: a missing extra, a bad port index
-            from .metrics import metrics_port_for, require_prometheus_client
+        if s.metrics_port is not None:  # before connecting: the extra, the port (docs/operations.md)
+            from .metrics import check_before_start
 
-            require_prometheus_client()
-            metrics_port_for(s)
+            check_before_start(s)
         previous = self.app.current_connection()
         if (previous is not None and not previous.closed
                 and s.redis_url.lower().startswith("embedded://")

@@ -568,3 +568,48 @@ async def test_a_poll_that_fails_oddly_leaves_the_worker_running(
     samples, _ = parse(body)
     assert status == 200 and value(samples, "streamflow_messages_handled_total", handler="_noop") == 1
     assert value(samples, "streamflow_redis_up") == 1  # Redis answered; reading it failed
+
+
+def test_a_port_already_taken_stops_the_worker_at_start(redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+        proc = subprocess.run([sys.executable, "-m", "streamflow", "run", APP, "--redis-url",
+                               redis_url, "--metrics-port", str(port)], check=False, cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"invalid setting metrics_port: cannot listen on 0.0.0.0:{port}" in proc.stderr
+    assert "worker_started" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.anyio
+async def test_metrics_on_a_cluster(redis_cluster: Any) -> None:
+    """The poll's pipeline spans keys of several slots: the cluster client routes each."""
+    redis_cluster.wait_ok(timeout=30)
+    redis_cluster.flushall()
+    url = redis_cluster.url
+    app = App(redis_url=url)
+    app.handler("cm", group="cm", partitions=3)(_noop)  # three streams, on three slots
+    async with running_worker(app, url, metrics_port=0, metrics_interval=0.1) as worker:
+        assert worker.exporter is not None and worker.exporter.bound_port is not None
+        port = worker.exporter.bound_port
+        for n in range(5):
+            await app.publish("cm", {"n": n})
+        await wait_until(lambda: worker.stats().handled == 5, timeout=15)
+        polls = worker.exporter.poller.polls
+        await wait_until(lambda: worker.exporter is not None
+                         and worker.exporter.poller.polls > polls + 1, timeout=10)
+        status, body = await _scrape(port)
+        ready = await _scrape(port, "/readyz")
+    assert status == 200 and ready == (200, "ready\n"), (ready, body[-2000:])
+    samples, _ = parse(body)
+    assert value(samples, "streamflow_messages_handled_total", handler="_noop") == 5
+    streams = worker.stats().handlers[0].streams
+    assert len(streams) == 3
+    for stream in streams:
+        assert value(samples, "streamflow_group_lag", stream=stream, group="cm") == 0
+        assert value(samples, "streamflow_group_pending", stream=stream, group="cm") == 0
+        assert value(samples, "streamflow_group_consumers", stream=stream, group="cm") == 1
+    assert sum(value(samples, "streamflow_stream_length", stream=s) or 0 for s in streams) == 5

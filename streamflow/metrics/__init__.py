@@ -13,6 +13,11 @@ Importing this package does not import prometheus-client (only :mod:`.collector`
 See ``docs/operations.md`` for every metric, the endpoints and alert rules.
 """
 
-from .options import PROCESS_INDEX_VAR, metrics_port_for, require_prometheus_client
+from .options import (
+    PROCESS_INDEX_VAR,
+    check_before_start,
+    metrics_port_for,
+    require_prometheus_client,
+)
 
-__all__ = ["PROCESS_INDEX_VAR", "metrics_port_for", "require_prometheus_client"]
+__all__ = ["PROCESS_INDEX_VAR", "check_before_start", "metrics_port_for", "require_prometheus_client"]

@@ -1,21 +1,22 @@
 """What the metrics exporter needs before it starts: prometheus-client, and its port.
 
-Both are checked before anything connects (``streamflow run`` calls
-:func:`require_prometheus_client`, and the exporter does again for a worker started
-from code), so a missing extra or a port out of range stops the worker with one line
-naming the setting.
+:func:`check_before_start` runs when a worker starts, before it connects or runs the
+app's start-up hooks: a missing extra, a port out of range or already taken stops the
+worker with one line naming the setting (and a supervisor's child fails its start-up,
+instead of being restarted over and over). The exporter checks again when it starts.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import socket
 from collections.abc import Mapping
 
 from ..config import Settings
 from ..errors import ConfigError
 
-__all__ = ["PROCESS_INDEX_VAR", "metrics_port_for", "require_prometheus_client"]
+__all__ = ["PROCESS_INDEX_VAR", "check_before_start", "metrics_port_for", "require_prometheus_client"]
 
 #: Set by a supervisor for each of its children (``0`` .. ``STREAMFLOW_PROCESSES - 1``).
 PROCESS_INDEX_VAR = "STREAMFLOW_PROCESS_INDEX"
@@ -60,3 +61,26 @@ def metrics_port_for(settings: Settings, env: Mapping[str, str] | None = None) -
         raise ConfigError("metrics_port", f"{port} + process index {index} = {port + index} "
                                           "is above 65535; choose a lower metrics_port")
     return port + index
+
+
+def check_before_start(settings: Settings, env: Mapping[str, str] | None = None) -> int:
+    """Check prometheus-client, this process's port and that it can be bound; return the port.
+
+    The bind is a probe (the socket is closed at once; the exporter binds again later), so a
+    port another process takes in between still fails later, with the same error.
+    """
+    require_prometheus_client()
+    port = metrics_port_for(settings, env)
+    if port:
+        try:
+            infos = socket.getaddrinfo(settings.metrics_host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            for family, kind, proto, _, address in infos[:1]:
+                with socket.socket(family, kind, proto) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ConfigError("metrics_port", f"cannot listen on {settings.metrics_host}:{port}: "
+                                              f"{reason}") from None
+    return port
