@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes under a small supervisor, one slot each "
                              "(default 1: this process only; auto: one per usable core)")
     run.set_defaults(run_parser=run)
+    metrics = run.add_argument_group("metrics and health checks (docs/operations.md)")
+    metrics.add_argument("--metrics-port", type=int, metavar="PORT",
+                         help="serve /metrics, /healthz and /readyz on this port (process i of "
+                              "--processes: PORT + i); needs streamflow-redis[metrics]")
+    metrics.add_argument("--metrics-host", metavar="HOST",
+                         help="address to bind (default 0.0.0.0: every interface)")
     logs = run.add_argument_group("logging")
     logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     logs.add_argument("--log-format", choices=["auto", "console", "json"],
@@ -198,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         redis_url=url, concurrency=args.concurrency, log_level=args.log_level,
         log_format=args.log_format, grace_period=args.grace_period,
         visibility_timeout=args.visibility_timeout, consumer_name=args.consumer_name,
-        loop=args.loop,
+        loop=args.loop, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     prepare_child(app, settings)  # (only in a worker process a supervisor started)
     return run_worker(app, settings)

@@ -80,6 +80,16 @@ class Settings:
     """Event loop of ``streamflow run``: ``uvloop``, ``asyncio``, or ``auto`` (uvloop when installed)."""
     worker_slot: int | None = None
     """Fixed slot of the default consumer name ``<host>-<slot>`` (e.g. given by a supervisor)."""
+    metrics_port: int | None = None
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this TCP port (0: any free port; off
+    when unset). Process ``i`` of a supervisor's children (``STREAMFLOW_PROCESS_INDEX=i``)
+    listens on ``metrics_port + i``. Needs ``pip install 'streamflow-redis[metrics]'``."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics server binds: every interface by default, so that an orchestrator's
+    probes and Prometheus reach it; ``127.0.0.1`` keeps it on the host."""
+    metrics_interval: float = 5.0
+    """Seconds between two polls of the groups' state (lag, pending, dead letters, job counts)
+    and of Redis's reachability for ``/readyz``."""
 
     def __post_init__(self) -> None:
         _check(self)
@@ -232,6 +242,14 @@ def _check(s: Settings) -> None:
         positive("worker_slot", s.worker_slot, allow_zero=True, whole=True)
         if s.consumer_name is not None:
             raise ConfigError("worker_slot", "give consumer_name or worker_slot, not both")
+    if s.metrics_port is not None:
+        port = s.metrics_port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("metrics_port", f"must be a whole number from 0 to 65535, got {port!r}")
+    if not isinstance(s.metrics_host, str) or not s.metrics_host or any(
+            c.isspace() for c in s.metrics_host):
+        raise ConfigError("metrics_host", f"must be a host name or IP address, got {s.metrics_host!r}")
+    positive("metrics_interval", s.metrics_interval)
     if not isinstance(s.loop, str) or s.loop not in LOOPS:
         raise ConfigError("loop", f"{s.loop!r} is not one of {', '.join(LOOPS)}")
     if s.loop == "uvloop" and not uvloop_available():

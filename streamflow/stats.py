@@ -5,24 +5,91 @@ local name, so a count costs what ``self.handled += 1`` cost before). Tests, ``i
 benchmarks and a metrics exporter never reach into the runtime's parts: they call
 :meth:`Worker.stats() <streamflow.Worker.stats>` and get frozen :class:`HandlerStats`
 snapshots, taken when asked (no per-message hook).
+
+When a metrics exporter runs (``metrics_port``), a consumer's :class:`Counters` also
+hold two :class:`Histogram` s, filled by its slots: handler durations and the age of
+each entry when its handler started. Each is a plain list of bucket counts indexed by a
+bisect on a fixed tuple of upper bounds, plus a running sum; the snapshot copies them
+(:class:`HistogramSnapshot`) and the exporter makes Prometheus histograms of them when
+scraped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["Counters", "HandlerStats", "WorkerStats"]
+__all__ = [
+    "DURATION_BUCKETS", "LATENCY_BUCKETS", "Counters", "HandlerStats", "Histogram",
+    "HistogramSnapshot", "WorkerStats",
+]
+
+#: Upper bounds (seconds) of the handler-duration buckets: 0.5 ms to 1 min.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
+)
+#: Upper bounds (seconds) of the latency buckets (an entry's age when its handler started):
+#: 1 ms to 1 h, since a backlog or a retry's backoff can make it minutes.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 900.0, 3600.0,
+)
+
+
+class Histogram:
+    """Bucket counts of observations (written by the slots, which inline the recording).
+
+    ``counts[i]`` counts the observations ``v`` with ``bounds[i-1] < v <= bounds[i]``
+    (``bisect_left(bounds, v)`` is ``i``); the last count is the overflow bucket (above
+    every bound). Not cumulative: the snapshot's reader sums them up.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ascending upper bounds, seconds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, the last one above every bound
+        self.sum = 0.0  # of every observation
+
+    def snapshot(self) -> HistogramSnapshot:
+        """A frozen copy."""
+        return HistogramSnapshot(self.bounds, tuple(self.counts), self.sum)
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A frozen :class:`Histogram`."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]  # per bucket (not cumulative), the overflow bucket last
+    sum: float
+
+    @property
+    def count(self) -> int:
+        """Observations in all."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= it)`` per bound, then ``(inf, count)``."""
+        out: list[tuple[float, int]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
 
 
 class Counters:
     """Mutable counters of one handler's consumer (written by the runtime only)."""
 
     __slots__ = (
-        "dead_lettered", "failed", "handled", "high_water", "maintenance_passes", "read_passes",
-        "reads", "reclaim_passes", "reclaimed", "retried", "trimmed",
+        "dead_lettered", "durations", "failed", "handled", "high_water", "latencies",
+        "maintenance_passes", "read_passes", "reads", "reclaim_passes", "reclaimed", "retried",
+        "trimmed",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, histograms: bool = False) -> None:
         self.handled = 0  # handlers that returned
         self.failed = 0  # handler failures (exceptions and timeouts)
         self.retried = 0  # failures parked for a retry
@@ -34,6 +101,14 @@ class Counters:
         self.reclaim_passes = 0  # reclaimer passes completed (with or without claims)
         self.maintenance_passes = 0  # maintenance passes (prune, trim) completed, failed or not
         self.high_water = 0  # most handlers ever in flight at once
+        # Only when metrics are exported (``histograms``): each costs the slot a clock read
+        # and a bisect per entry.
+        self.durations = Histogram(DURATION_BUCKETS) if histograms else None  # handler runs
+        self.latencies = Histogram(LATENCY_BUCKETS) if histograms else None  # entry age at start
+
+
+#: The plain integer counters of :class:`Counters` (copied into every snapshot).
+_COUNTS = tuple(name for name in Counters.__slots__ if name not in ("durations", "latencies"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +133,8 @@ class HandlerStats:
     reclaim_passes: int
     maintenance_passes: int
     high_water: int
+    durations: HistogramSnapshot | None = None  # handler durations (None: not recorded)
+    latencies: HistogramSnapshot | None = None  # entries' age when their handler started
 
     @property
     def free(self) -> int:
@@ -75,14 +152,18 @@ class HandlerStats:
         concurrency: int, in_flight: int, running: int, reserved: int,
     ) -> HandlerStats:
         """Freeze ``counters`` together with the consumer's identity and current load."""
-        values = {name: getattr(counters, name) for name in Counters.__slots__}
+        values = {name: getattr(counters, name) for name in _COUNTS}
+        durations, latencies = counters.durations, counters.latencies
         return cls(handler=handler, group=group, streams=streams, concurrency=concurrency,
-                   in_flight=in_flight, running=running, reserved=reserved, **values)
+                   in_flight=in_flight, running=running, reserved=reserved,
+                   durations=durations.snapshot() if durations is not None else None,
+                   latencies=latencies.snapshot() if latencies is not None else None, **values)
 
 
 _SUMMED = tuple(
     f.name for f in fields(HandlerStats)
-    if f.name not in ("handler", "group", "streams", "concurrency", "high_water", "reserved")
+    if f.name not in ("handler", "group", "streams", "concurrency", "high_water", "reserved",
+                      "durations", "latencies")
 )
 
 

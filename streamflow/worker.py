@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -40,6 +40,9 @@ from .runtime.loopwatch import LoopWatch
 from .runtime.stopped import report_stopped_consumers
 from .spec import HandlerSpec, Registry
 from .stats import WorkerStats
+
+if TYPE_CHECKING:
+    from .metrics.exporter import Exporter
 
 __all__ = ["Worker", "default_consumer_name", "run_worker"]
 
@@ -80,6 +83,8 @@ class Worker:
         self._forced = False  # set by a second stop(): cancel handlers now
         self.exit_reason = ""  # why the worker stopped (signal name, "requested", ...)
         self.exit_status = 0  # process exit status: 0, or non-zero after a forced stop
+        self.loop_watch: LoopWatch | None = None  # while serving
+        self.exporter: Exporter | None = None  # /metrics, /healthz, /readyz (metrics_port)
 
     @property
     def stopping(self) -> bool:
@@ -125,6 +130,10 @@ class Worker:
         if not self.app.handlers:
             raise ConfigError("app", "no handlers or tasks registered (use @app.handler(...) or @app.task)")
         s = self.settings
+        if s.metrics_port is not None:  # before connecting: the extra, the port (docs/operations.md)
+            from .metrics import check_before_start
+
+            check_before_start(s)
         previous = self.app.current_connection()
         if (previous is not None and not previous.closed
                 and s.redis_url.lower().startswith("embedded://")
@@ -243,7 +252,14 @@ class Worker:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_acker)
-            tg.start_soon(LoopWatch(self.app.handlers, log).run)
+            self.loop_watch = LoopWatch(self.app.handlers, log)
+            tg.start_soon(self.loop_watch.run)
+            if s.metrics_port is not None:  # serves until the task group is cancelled, last
+                from .metrics.exporter import Exporter
+
+                self.exporter = Exporter(self, await conn.client(), self.app.handlers, s,
+                                         loop_watch=self.loop_watch)
+                await tg.start(self.exporter.run)
             if self._identity is not None:
                 tg.start_soon(self._identity.keep, self._name_lost)
             if self.handle_signals:

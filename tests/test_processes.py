@@ -175,7 +175,7 @@ def test_children_get_every_other_option_of_run() -> None:
     argv = ["my.mod:app", "--redis-url", "redis://h:1/2", "--embedded", "--concurrency", "7",
             "--grace-period", "2.5", "--visibility-timeout", "90", "--consumer-name", "c",
             "--loop", "asyncio", "--processes", "3", "--log-level", "debug",
-            "--log-format", "json"]
+            "--log-format", "json", "--metrics-port", "9100", "--metrics-host", "127.0.0.1"]
     given = parse(argv)
     options = {a.dest for a in run_parser._actions} - {"help"}
     assert all(getattr(given, d) not in (None, False, a.default)

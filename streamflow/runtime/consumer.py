@@ -72,7 +72,9 @@ class Consumer:
         origin = {**{s: s for s in self.streams}, **replays}  # key -> the stream handlers see
         self.concurrency = settings.concurrency or spec.concurrency  # handler slots
         self.settings = settings
-        self.counters = Counters()  # everything the parts count (snapshot: stats())
+        # Everything the parts count (snapshot: stats()); with the metrics exporter on, the
+        # slots also fill duration and latency histograms.
+        self.counters = Counters(histograms=settings.metrics_port is not None)
         self.stop_signal = StopSignal()  # the one "no new work" flag of every part
         self.drained = anyio.Event()  # set when run() has finished all its work
         self.log = log.bind(group=self.group, consumer=self.name, handler=spec.name)
