@@ -7,6 +7,7 @@ Configured by environment variables (set by scaling.py / memory.py):
 * ``BENCH_STREAM`` (default ``bench:stream``), ``BENCH_GROUP`` (default ``bench``);
 * ``BENCH_CONCURRENCY``: handler concurrency (default 1000; ``slow_app`` 100);
 * ``BENCH_SLEEP``: ``slow_app``'s handler sleep in seconds (default 0.01);
+* ``BENCH_PARTITIONS``: ``partitioned_app``'s partitions of ``BENCH_STREAM`` (default 12);
 * ``BENCH_GATE``: when set, each worker's startup hook increments ``<gate>:ready`` and
   waits until the key ``<gate>:go`` exists, so several processes start consuming at
   the same moment (process start-up is not measured).
@@ -66,3 +67,12 @@ slow_app = _gated(App(name="bench-slow"))
 async def slow(msg: Message) -> None:
     """Sleeps BENCH_SLEEP seconds (default 10 ms)."""
     await anyio.sleep(float(os.environ.get("BENCH_SLEEP", "0.01")))
+
+
+partitioned_app = _gated(App(name="bench-partitioned"))
+
+
+@partitioned_app.handler(STREAM, group=GROUP, concurrency=_concurrency(1000), start_id="0",
+                         partitions=int(os.environ.get("BENCH_PARTITIONS", "12")))
+async def noop_partitioned(msg: Message) -> None:
+    """Does nothing (on every partition of the stream)."""

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from ..clustering import is_cluster, key_slot
 from ..config import Settings
-from ..keys import replay_stream
+from ..keys import hash_tag, replay_stream
 from ..spec import HandlerSpec
 from ..stats import Counters, HandlerStats
 from .acks import AckBuffer
@@ -121,7 +121,12 @@ class Consumer:
         # One XREADGROUP may only span one cluster slot: on a cluster, one reader per slot
         # of this consumer's keys (each partition's keys share a slot), one loop each; on
         # one server one reader over every key, with `readers` loops.
-        self.slot_keys = _by_slot(self.keys) if is_cluster(client) else [self.keys]
+        # Partitioned streams (every key hash-tagged) get one reader per partition on one
+        # server too: XREADGROUP's COUNT is per stream, so one read over N partitions could
+        # bring N times the slots it reserved.
+        split = is_cluster(client) or (
+            len(self.streams) > 1 and all(hash_tag(k) != k for k in self.keys))
+        self.slot_keys = _by_slot(self.keys) if split else [self.keys]
         self.loops = settings.readers if len(self.slot_keys) == 1 else 1
         # Each read loop asks for at most a share of the slots (a third with two loops),
         # so the next read is already on its way while the slots work through a batch.
@@ -135,7 +140,7 @@ class Consumer:
                 # A job queue's handlers are slow next to a read: a read waits for a twentieth
                 # of the slots, not half a batch, so slots do not idle waiting for company.
                 least=max(1, self.concurrency // 20) if spec.completion is not None else None,
-                keys=keys if is_cluster(client) else None, owners=self.owners,
+                keys=keys if split else None, owners=self.owners,
             )
             for keys in self.slot_keys
         ]

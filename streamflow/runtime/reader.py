@@ -71,6 +71,12 @@ class Reader:
         owners = self.owners
         version = groups.version + (owners.version if owners is not None else 0)
         read_args = self._command(self._ready())
+        # One of several loops of a handler (a partition's): only a read that follows an
+        # empty one blocks, so a loop waiting on an idle partition holds one slot, never a
+        # whole batch the busy partitions' loops could use.
+        split = self.keys is not None
+        quick_args = read_args[:6] + read_args[8:]  # the same read without BLOCK
+        idle = False
         batch = self.batch
         want = batch
         reader = RawPipe(self.client, self.keys[0] if self.keys else None)
@@ -88,6 +94,7 @@ class Reader:
                 if now != version:  # a deferred group was created, a partition taken or left
                     version = now
                     read_args = self._command(self._ready())
+                    quick_args = read_args[:6] + read_args[8:]
                 if owners is not None and len(read_args) == 9:  # owns none of its keys now
                     pool.release(count)
                     await owners.changed(owners.version)
@@ -95,9 +102,10 @@ class Reader:
                         return
                     continue
                 try:
-                    read_args[5] = count
+                    args = quick_args if split and not idle else read_args
+                    args[5] = count
                     try:
-                        reply = await self.acker.send_with(reader, read_args, mine)
+                        reply = await self.acker.send_with(reader, args, mine)
                     except (RedisError, OSError) as exc:
                         kind = classify(exc)
                         if kind is Kind.NOGROUP:
@@ -123,6 +131,7 @@ class Reader:
                         self.counters.reads += 1
                         got = self._submit_reply(reply)
                     want = batch if got >= count else max(1, min(batch, 2 * got))
+                    idle = got == 0
                 finally:
                     pool.release(count)
         finally:
