@@ -4,6 +4,7 @@ a worker killed with -9, a master killed and its replica promoted."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -356,3 +357,69 @@ async def test_failover_keeps_durable_entries_retries_and_order(make_cluster: An
           f"{ran_twice} entries ran twice (acked, not replicated: redis/redis#5433); "
           f"{counts['retried_publish']} publishes retried; dead-lettered {stats.dead_lettered}")
     assert stats.dead_lettered >= len({(x["k"], x["n"]) for x in published if x["n"] % 50 == 49})
+
+
+def _events(log: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == name:
+            out.append(event)
+    return out
+
+
+async def test_two_processes_share_partitions_survive_a_kill_and_drain(
+        any_cluster: LocalCluster, cluster_url: str, redis_url: str, tmp_path: Path) -> None:
+    """``run --processes 2`` on the cluster: both children own partitions, a child killed
+    with -9 is restarted under its slot and takes its partitions back, every entry runs
+    (each key in order), and SIGTERM drains both: exit 0, nothing pending."""
+    ledger = redis.Redis.from_url(redis_url)
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")} | {
+        "ORD_LEDGER": redis_url, "STREAMFLOW_VISIBILITY_TIMEOUT": "3",
+        "STREAMFLOW_BLOCK_MS": "100", "STREAMFLOW_GRACE_PERIOD": "10"}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamflow", "run", "tests.apps.ordered:app", "--processes", "2",
+             "--redis-url", cluster_url, "--log-format", "json"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with anyio.fail_after(30):
+            while len(_events(log, "partition_taken")) < 6 or len(
+                    {e["consumer"] for e in _events(log, "partition_taken")}) < 2:
+                await anyio.sleep(0.05)
+        app = App(redis_url=cluster_url)
+        app.stream("ord", partitions=6)
+        items = [{"k": f"k{i % 12}", "n": i // 12, "sleep": 0.005} for i in range(1200)]
+        await app.publish_many("ord", items, keys=[x["k"] for x in items])
+        with anyio.fail_after(30):
+            while sum(ledger.llen(f"seen:k{i}") for i in range(12)) < 300:
+                await anyio.sleep(0.05)
+        [first] = [e for e in _events(log, "worker_process_started") if e["slot"] == 0]
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        with anyio.fail_after(30):
+            while not [e for e in _events(log, "worker_process_restarted") if e["slot"] == 0]:
+                await anyio.sleep(0.05)
+            while len({(k, n) for k in range(12) for n in ledger.lrange(f"seen:k{k}", 0, -1)}) < 1200:
+                await anyio.sleep(0.05)
+        for k in range(12):
+            seen = [int(n) for n in ledger.lrange(f"seen:k{k}", 0, -1)]
+            assert set(seen) == set(range(100)) and first_seen_in_order(seen), k
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
+        client = cluster_client(any_cluster)
+        try:
+            for key in app.stream("ord", partitions=6):
+                [group] = client.xinfo_groups(key)
+                assert group["pending"] == 0 and group["lag"] == 0, key
+        finally:
+            client.close()
+        await app.aclose()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        ledger.close()
