@@ -423,3 +423,42 @@ async def test_two_processes_share_partitions_survive_a_kill_and_drain(
             proc.kill()
             proc.wait(10)
         ledger.close()
+
+
+async def test_an_acl_user_in_the_url_reaches_every_node(any_cluster: LocalCluster,
+                                                         cluster_url: str) -> None:
+    """user:password in a redis+cluster:// URL authenticates on every node the client
+    discovers; a wrong password is a clear start-up error."""
+    for node in any_cluster.masters() + any_cluster.replicas():
+        plain = redis.Redis.from_url(node.url)
+        plain.execute_command("ACL", "SETUSER", "sf-cluster", "on", ">s3cret", "~*", "&*", "+@all",
+                              "-flushall", "-flushdb")
+        plain.close()
+    host_port = cluster_url.split("://", 1)[1]
+    url = f"redis+cluster://sf-cluster:s3cret@{host_port}"
+    app = App(redis_url=url)
+    got: list[int] = []
+
+    @app.handler("acl", group="g", partitions=3)
+    async def handle(msg: Message) -> None:
+        got.append(msg.payload)
+
+    try:
+        async with running_worker(app, url) as worker:
+            await app.publish_many("acl", list(range(30)))
+            await wait_idle(worker)
+        assert sorted(got) == list(range(30))
+        bad = App(redis_url=f"redis+cluster://sf-cluster:wrong@{host_port}")
+
+        @bad.handler("acl", group="g", partitions=3)
+        async def never(msg: Message) -> None:
+            pass
+
+        with pytest.raises(Exception, match=r"(?i)auth|password|credentials"):
+            async with running_worker(bad, bad.redis_url or ""):
+                pass
+    finally:
+        for node in any_cluster.masters() + any_cluster.replicas():
+            plain = redis.Redis.from_url(node.url)
+            plain.execute_command("ACL", "DELUSER", "sf-cluster")
+            plain.close()
