@@ -250,7 +250,9 @@ def _session(page: Path, tmp_path_factory: pytest.TempPathFactory) -> _Session:
             (where / b.filename).write_text("\n" * (b.line - 1) + b.code)
         tests = [b.filename for b in found if b.kind == "pytest"]
         report = where / "report.xml"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+        # no STREAMFLOW_* settings of this session (the server binary is not a setting)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("STREAMFLOW_") or k == "STREAMFLOW_SERVER_BINARY"}
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
              f"--junitxml={report}", *tests],
