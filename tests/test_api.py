@@ -41,7 +41,7 @@ def test_every_module_has_a_docstring() -> None:
 def test_distribution_name_is_not_the_unrelated_pypi_streamflow() -> None:
     """The distribution is streamflow-redis (PyPI's "streamflow" is another project): pyproject's name
     and extras use it, no install line or message says `pip install 'streamflow[...]'`, and the README
-    says to install from a checkout and links the security, reliability and architecture docs."""
+    says to install from a checkout and links every guide page in its "Guides" list."""
     import re
     import tomllib
     from pathlib import Path
@@ -59,6 +59,8 @@ def test_distribution_name_is_not_the_unrelated_pypi_streamflow() -> None:
         assert not re.search(r"pip install[^\n]*['\" ]streamflow\[", text), path
     readme = (root / "README.md").read_text()
     assert "streamflow-redis" in readme and "from a checkout" in readme
-    more = readme.split("## More", 1)[1]
-    for doc in ("docs/security.md", "docs/reliability.md", "docs/architecture.md"):
-        assert doc in more, doc
+    guides = readme.split("## Guides", 1)[1]
+    for doc in ("docs/security.md", "docs/reliability.md", "docs/architecture.md",
+                "docs/handlers.md", "docs/failures.md", "docs/jobs.md", "docs/operations.md",
+                "docs/scaling.md", "docs/testing.md", "docs/top.md", "docs/benchmarks.md"):
+        assert f"]({doc})" in guides, doc
