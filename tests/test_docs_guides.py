@@ -21,6 +21,7 @@ PAGES = {
     "failures.md": 5,
     "testing.md": 3,
     "operations.md": 1,
+    "scaling.md": 1,
 }
 
 BLOCKS = [b for page, n in PAGES.items() for b in doc_examples.blocks(doc_examples.DOCS / page, minimum=n)]
