@@ -144,7 +144,7 @@ class WorkerCollector:
     """A custom collector over a worker (``stats``) and its :class:`GroupPoller`."""
 
     def __init__(self, stats: Callable[[], WorkerStats], poller: GroupPoller, *,
-                 consumer: Callable[[], str], version: str, ready: Callable[[], bool],
+                 consumer: Callable[[], str], version: Callable[[], str], ready: Callable[[], bool],
                  loop_blocked: Callable[[], int]) -> None:
         self.stats = stats
         self.poller = poller
@@ -166,7 +166,7 @@ class WorkerCollector:
         yield from fams.values()
         info = _WORKER["info"]
         yield InfoMetricFamily(info.name.removesuffix("_info"), info.help,
-                               value={"consumer": self.consumer(), "version": self.version})
+                               value={"consumer": self.consumer(), "version": self.version()})
         yield from self._groups()
 
     def _handlers(self, handlers: tuple[HandlerStats, ...]) -> Iterator[Metric]:

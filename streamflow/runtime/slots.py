@@ -15,9 +15,9 @@ The slot loop is the hot path: it binds what it touches to local names, reads no
 when metrics are exported (the counters carry a :class:`~streamflow.stats.Timing`) does
 it time entries: one in ``every`` per slot, ``every`` being 1 until the handler runs
 more than :data:`~streamflow.stats.TIMED_PER_SECOND` entries a second. An untimed entry
-costs a countdown (about 15 ns); a timed one the clock reads and bisects of
+costs a countdown (about 20 ns); a timed one the clock reads and bisects of
 :meth:`Timing.start() <streamflow.stats.Timing.start>` and
-:meth:`~streamflow.stats.Timing.finish` (about 0.6 us), weighted by the entries it
+:meth:`~streamflow.stats.Timing.finish` (about 0.7 us), weighted by the entries it
 stands for.
 """
 
