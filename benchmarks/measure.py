@@ -74,7 +74,7 @@ def measure(url: str, impl: dict[str, Any], scenario: str, n: int, run: int, arg
         "rate": round(n / seconds) if seconds else None, "valid": valid, **redis_fields,
         "loop": "uvloop" if args.uvloop else "asyncio", "load1": load1(),
     }
-    for k in ("handled_seconds", "reads", "high_water", "ack_flushes"):
+    for k in ("handled_seconds", "first_seconds", "reads", "high_water", "ack_flushes"):
         if res.get(k) is not None:
             line[k] = round(res[k], 4) if isinstance(res[k], float) else res[k]
     if "concurrency" in impl["params"]:

@@ -7,20 +7,32 @@ benchmarks and a metrics exporter never reach into the runtime's parts: they cal
 snapshots, taken when asked (no per-message hook).
 
 When a metrics exporter runs (``metrics_port``), a consumer's :class:`Counters` also
-hold two :class:`Histogram` s, filled by its slots: handler durations and the age of
-each entry when its handler started. Each is a plain list of bucket counts indexed by a
-bisect on a fixed tuple of upper bounds, plus a running sum; the snapshot copies them
-(:class:`HistogramSnapshot`) and the exporter makes Prometheus histograms of them when
-scraped.
+hold a :class:`Timing`: two :class:`Histogram` s, handler durations and the age of an
+entry when its handler started, filled by the slots. Each is a plain list of bucket
+counts indexed by a bisect on a fixed tuple of upper bounds, plus a running sum; the
+snapshot copies them (:class:`HistogramSnapshot`) and the exporter makes Prometheus
+histograms of them when scraped.
+
+Timing an entry costs about 0.7 us (three clock reads, an id parse, two bisects), half
+of what the whole runtime spends on a no-op handler's entry, so a busy handler times a
+systematic sample: each slot times one entry in ``every``, and a timed entry counts in
+the histograms with the weight of the entries it stands for (itself and the untimed ones
+its slot ran since the one it timed before). ``every`` is 1 (every entry timed, the
+histograms exact) while the handler runs fewer than :data:`TIMED_PER_SECOND` entries a
+second, and grows with the rate above that, so timing never costs more than that many
+timed entries a second (under 1 % of a core), plus a countdown of about 20 ns per entry.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from bisect import bisect_left
 from dataclasses import dataclass, fields
 
 __all__ = [
-    "DURATION_BUCKETS", "LATENCY_BUCKETS", "Counters", "HandlerStats", "Histogram",
-    "HistogramSnapshot", "WorkerStats",
+    "DURATION_BUCKETS", "LATENCY_BUCKETS", "TIMED_PER_SECOND", "Counters", "HandlerStats",
+    "Histogram", "HistogramSnapshot", "Timing", "WorkerStats",
 ]
 
 #: Upper bounds (seconds) of the handler-duration buckets: 0.5 ms to 1 min.
@@ -36,8 +48,12 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
+#: Most entries a handler's slots time per second (a :class:`Timing`'s default budget).
+TIMED_PER_SECOND = 10_000
+
+
 class Histogram:
-    """Bucket counts of observations (written by the slots, which inline the recording).
+    """Bucket counts of observations (written through :class:`Timing` by the slots).
 
     ``counts[i]`` counts the observations ``v`` with ``bounds[i-1] < v <= bounds[i]``
     (``bisect_left(bounds, v)`` is ``i``); the last count is the overflow bucket (above
@@ -50,6 +66,11 @@ class Histogram:
         self.bounds = bounds  # ascending upper bounds, seconds
         self.counts = [0] * (len(bounds) + 1)  # per bucket, the last one above every bound
         self.sum = 0.0  # of every observation
+
+    def observe(self, value: float, weight: int = 1) -> None:
+        """Count ``value`` ``weight`` times (a timed entry standing for ``weight`` entries)."""
+        self.counts[bisect_left(self.bounds, value)] += weight
+        self.sum += value * weight
 
     def snapshot(self) -> HistogramSnapshot:
         """A frozen copy."""
@@ -79,14 +100,72 @@ class HistogramSnapshot:
         return out
 
 
+class Timing:
+    """The duration and latency histograms of one handler, and how often its slots time.
+
+    A slot calls :meth:`start` when its handler starts on a timed entry and
+    :meth:`finish` when it ended, then counts down the interval :meth:`finish` returned
+    before it times the next one (see the module docstring). :meth:`finish` sets
+    :attr:`every` from the rate at which entries finish: over a window of at least
+    ``_WINDOW_TIMED`` timed entries or ``_WINDOW_SECONDS``, whichever is first, the
+    entries the timed ones stood for divided by the window's length.
+    """
+
+    __slots__ = (
+        "_window_entries", "_window_start", "_window_timed", "budget", "durations", "every",
+        "latencies", "timed",
+    )
+
+    _WINDOW_TIMED = 64  # timed entries after which the rate is estimated again ...
+    _WINDOW_SECONDS = 0.5  # ... or seconds (a rate that fell is seen within this long)
+
+    def __init__(self, budget: int = TIMED_PER_SECOND) -> None:
+        if budget < 1:
+            raise ValueError(f"budget must be at least 1 timed entry a second, got {budget}")
+        self.budget = budget  # most entries timed per second
+        self.durations = Histogram(DURATION_BUCKETS)  # handler runs (perf_counter)
+        self.latencies = Histogram(LATENCY_BUCKETS)  # entry age at handler start (wall clock)
+        self.every = 1  # a slot times one entry in this many (set by finish())
+        self.timed = 0  # entries timed in all (the histograms count more: their weights)
+        self._window_start = time.perf_counter()  # the rate's window
+        self._window_timed = 0  # entries timed in the window ...
+        self._window_entries = 0  # ... and the entries they stood for
+
+    def start(self, raw_id: bytes, weight: int) -> float:
+        """Count the entry's age now (``weight`` times); return its handler's start time.
+
+        The age is the wall clock minus the id's millisecond timestamp (0 when the
+        worker's clock is behind the server's); the start time is ``perf_counter()``.
+        """
+        age = time.time() - int(raw_id.partition(b"-")[0]) * 0.001
+        self.latencies.observe(age if age > 0.0 else 0.0, weight)
+        return time.perf_counter()
+
+    def finish(self, began: float, weight: int) -> int:
+        """Count the duration since ``began`` ``weight`` times; return the next interval."""
+        now = time.perf_counter()
+        self.durations.observe(now - began, weight)
+        self.timed += 1
+        self._window_timed += 1
+        self._window_entries += weight
+        elapsed = now - self._window_start
+        if elapsed > 0.0 and (self._window_timed >= self._WINDOW_TIMED
+                              or elapsed >= self._WINDOW_SECONDS):
+            # entries per second over the window / the timed entries allowed per second
+            # (rounded up, less a hair so that exactly 10 x the budget makes 10, not 11)
+            rate = self._window_entries / elapsed
+            self.every = max(1, math.ceil(rate / self.budget - 1e-6))
+            self._window_start = now
+            self._window_timed = self._window_entries = 0
+        return self.every
+
 
 class Counters:
     """Mutable counters of one handler's consumer (written by the runtime only)."""
 
     __slots__ = (
-        "dead_lettered", "durations", "failed", "handled", "high_water", "latencies",
-        "maintenance_passes", "read_passes", "reads", "reclaim_passes", "reclaimed", "retried",
-        "trimmed",
+        "dead_lettered", "failed", "handled", "high_water", "maintenance_passes", "read_passes",
+        "reads", "reclaim_passes", "reclaimed", "retried", "timing", "trimmed",
     )
 
     def __init__(self, *, histograms: bool = False) -> None:
@@ -101,14 +180,12 @@ class Counters:
         self.reclaim_passes = 0  # reclaimer passes completed (with or without claims)
         self.maintenance_passes = 0  # maintenance passes (prune, trim) completed, failed or not
         self.high_water = 0  # most handlers ever in flight at once
-        # Only when metrics are exported (``histograms``): each costs the slot a clock read
-        # and a bisect per entry.
-        self.durations = Histogram(DURATION_BUCKETS) if histograms else None  # handler runs
-        self.latencies = Histogram(LATENCY_BUCKETS) if histograms else None  # entry age at start
+        # Only when metrics are exported (``histograms``): the slots time a sample of entries.
+        self.timing = Timing() if histograms else None
 
 
 #: The plain integer counters of :class:`Counters` (copied into every snapshot).
-_COUNTS = tuple(name for name in Counters.__slots__ if name not in ("durations", "latencies"))
+_COUNTS = tuple(name for name in Counters.__slots__ if name != "timing")
 
 
 @dataclass(frozen=True)
@@ -135,6 +212,7 @@ class HandlerStats:
     high_water: int
     durations: HistogramSnapshot | None = None  # handler durations (None: not recorded)
     latencies: HistogramSnapshot | None = None  # entries' age when their handler started
+    timed: int = 0  # entries timed for the histograms (their samples; 0 while they are off)
 
     @property
     def free(self) -> int:
@@ -153,11 +231,12 @@ class HandlerStats:
     ) -> HandlerStats:
         """Freeze ``counters`` together with the consumer's identity and current load."""
         values = {name: getattr(counters, name) for name in _COUNTS}
-        durations, latencies = counters.durations, counters.latencies
+        timing = counters.timing
         return cls(handler=handler, group=group, streams=streams, concurrency=concurrency,
                    in_flight=in_flight, running=running, reserved=reserved,
-                   durations=durations.snapshot() if durations is not None else None,
-                   latencies=latencies.snapshot() if latencies is not None else None, **values)
+                   durations=timing.durations.snapshot() if timing is not None else None,
+                   latencies=timing.latencies.snapshot() if timing is not None else None,
+                   timed=timing.timed if timing is not None else 0, **values)
 
 
 _SUMMED = tuple(

@@ -252,6 +252,9 @@ def test_counters_and_histograms_move(redis_url: str, workers: Callable[..., Met
         assert total is not None and 0 <= total <= count * 60
     # The no-op handler takes well under 10 ms, far from the top bucket.
     assert value(s, "streamflow_handler_duration_seconds_bucket", handler="ok", le="0.01") == 40
+    # A few entries a second: every one timed (sampling starts above 10,000 a second).
+    assert value(s, "streamflow_handler_timed_total", handler="ok") == 40
+    assert value(s, "streamflow_handler_timed_total", handler="bad") == 6
 
 
 def test_backlog_gauges_then_draining(redis_url: str, workers: Callable[..., MetricsWorker]) -> None:
@@ -443,7 +446,8 @@ async def test_histograms_in_process(redis_url: str) -> None:
         await client.aclose()
     assert status == 200 and "streamflow_handler_duration_seconds_bucket" in body
     assert stats.durations is not None and stats.latencies is not None
-    assert stats.durations.count == 5 and stats.latencies.count == 5
+    assert stats.durations.count == 5 and stats.latencies.count == 5 and stats.timed == 5
+    assert 'streamflow_handler_timed_total{group="h",handler=' in body
     # 30 ms handlers land in (0.025, 0.05]; 3 s old entries in (2.5, 5].
     assert dict(zip((*DURATION_BUCKETS, "inf"), stats.durations.counts, strict=True))[0.05] == 5
     assert dict(zip((*LATENCY_BUCKETS, "inf"), stats.latencies.counts, strict=True))[5.0] == 5

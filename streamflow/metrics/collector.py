@@ -30,7 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
-from ..stats import HandlerStats, HistogramSnapshot, WorkerStats
+from ..stats import TIMED_PER_SECOND, HandlerStats, HistogramSnapshot, WorkerStats
 from .groups import GroupPoller
 
 __all__ = ["METRICS", "MetricDef", "WorkerCollector", "build_registry"]
@@ -74,10 +74,16 @@ _LOAD = {
     "running": MetricDef("streamflow_handler_running", "gauge", _H, "Handlers running now."),
 }
 _DURATION = MetricDef("streamflow_handler_duration_seconds", "histogram", _H,
-                      "How long handlers ran (returned, raised or timed out).")
+                      "How long handlers ran (returned, raised or timed out); above "
+                      f"{TIMED_PER_SECOND:,} entries a second from a weighted sample of them.")
 _LATENCY = MetricDef("streamflow_message_latency_seconds", "histogram", _H,
                      "Age of an entry when its handler started: now minus the entry id's time "
-                     "(every attempt; a retry's includes its backoff).")
+                     "(every attempt; a retry's includes its backoff); sampled like the "
+                     "duration.")
+_TIMED = MetricDef("streamflow_handler_timed_total", "counter", _H,
+                   "Entries timed for the duration and latency histograms: every one below "
+                   f"{TIMED_PER_SECOND:,} a second, a sample above (each counted there with "
+                   "its weight).")
 _WORKER = {
     "acked": MetricDef("streamflow_acks_total", "counter", (), "Entry ids Redis confirmed acked."),
     "unacked": MetricDef("streamflow_acks_buffered", "gauge", (),
@@ -117,7 +123,7 @@ _JOB_STATUSES = ("queued", "scheduled", "running", "retrying", "failed")
 
 #: Every family the exporter serves.
 METRICS: tuple[MetricDef, ...] = (
-    *_COUNTERS.values(), *_LOAD.values(), _DURATION, _LATENCY, *_WORKER.values(),
+    *_COUNTERS.values(), *_LOAD.values(), _DURATION, _LATENCY, _TIMED, *_WORKER.values(),
     *_GROUPS.values(), _STREAM_LENGTH, _DEAD_LETTERS, _JOBS,
 )
 
@@ -138,7 +144,7 @@ class WorkerCollector:
     """A custom collector over a worker (``stats``) and its :class:`GroupPoller`."""
 
     def __init__(self, stats: Callable[[], WorkerStats], poller: GroupPoller, *,
-                 consumer: Callable[[], str], version: str, ready: Callable[[], bool],
+                 consumer: Callable[[], str], version: Callable[[], str], ready: Callable[[], bool],
                  loop_blocked: Callable[[], int]) -> None:
         self.stats = stats
         self.poller = poller
@@ -160,13 +166,13 @@ class WorkerCollector:
         yield from fams.values()
         info = _WORKER["info"]
         yield InfoMetricFamily(info.name.removesuffix("_info"), info.help,
-                               value={"consumer": self.consumer(), "version": self.version})
+                               value={"consumer": self.consumer(), "version": self.version()})
         yield from self._groups()
 
     def _handlers(self, handlers: tuple[HandlerStats, ...]) -> Iterator[Metric]:
         counters = {key: _family(d) for key, d in _COUNTERS.items()}
         load = {key: _family(d) for key, d in _LOAD.items()}
-        durations, latencies = _family(_DURATION), _family(_LATENCY)
+        durations, latencies, timed = _family(_DURATION), _family(_LATENCY), _family(_TIMED)
         for h in handlers:
             labels = [",".join(h.streams), h.group, h.handler]
             for key, fam in counters.items():
@@ -177,10 +183,12 @@ class WorkerCollector:
                 durations.add_metric(labels, _buckets(h.durations), h.durations.sum)
             if h.latencies is not None:
                 latencies.add_metric(labels, _buckets(h.latencies), h.latencies.sum)
+                timed.add_metric(labels, h.timed)
         yield from counters.values()
         yield from load.values()
         yield durations
         yield latencies
+        yield timed
 
     def _groups(self) -> Iterator[Metric]:
         """The last poll's gauges; none while Redis is unreachable (stale values would lie)."""

@@ -30,6 +30,7 @@ Prometheus scrapes each as a target.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -68,7 +69,9 @@ class MetricsSource(Protocol):
         """A snapshot of every counter."""
 
 
+@functools.cache
 def _version() -> str:
+    """streamflow's version (read from its metadata at the first scrape, not at start-up)."""
     try:
         return version("streamflow-redis")
     except PackageNotFoundError:
@@ -92,7 +95,7 @@ class Exporter:
         self.poller = GroupPoller(client, targets_of(specs), interval=settings.metrics_interval,
                                   log=log)
         self.collector = WorkerCollector(
-            source.stats, self.poller, consumer=lambda: source.name, version=_version(),
+            source.stats, self.poller, consumer=lambda: source.name, version=_version,
             ready=lambda: self.readiness() is None,
             loop_blocked=lambda: int(getattr(loop_watch, "blocked", 0)))
         self.registry = build_registry(self.collector)
