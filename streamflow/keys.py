@@ -28,6 +28,7 @@ __all__ = [
     "job_key",
     "job_key_prefix",
     "owner_key",
+    "queue_stats_key",
     "queue_stream",
     "parse_id",
     "replay_stream",
@@ -174,6 +175,12 @@ def job_key_prefix(stream: str) -> str:
 def job_key(stream: str, job_id: str) -> str:
     """The hash holding a job's state: ``streamflow:job:{default}:<id>``."""
     return job_key_prefix(stream) + job_id
+
+
+def queue_stats_key(stream: str) -> str:
+    """The hash of a queue's running totals (``succeeded``: jobs that finished with a result),
+    ``streamflow:job:{default}:~stats`` (a job id never starts with ``~``)."""
+    return job_key_prefix(stream) + "~stats"
 
 
 def job_done_key(job_hash: str) -> str:

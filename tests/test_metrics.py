@@ -294,6 +294,8 @@ def test_job_gauges(any_redis_url: str, workers: Callable[..., MetricsWorker]) -
     w.wait_ready()
     app, tasks = make_app(any_redis_url)
     try:
+        for _ in range(2):
+            tasks["nap"].enqueue_sync(0)  # succeed first: streamflow_jobs_succeeded_total 2
         for _ in range(3):
             tasks["nap"].enqueue_sync(30)  # one runs (concurrency 1), two queued
         tasks["nap"].enqueue_in_sync(600, 1)
@@ -308,6 +310,8 @@ def test_job_gauges(any_redis_url: str, workers: Callable[..., MetricsWorker]) -
             for status in ("queued", "scheduled", "running", "retrying", "failed")} == {
         "queued": 2, "scheduled": 1, "running": 1, "retrying": 0, "failed": 0}
     assert value(s, "streamflow_jobs", queue="mqf", status="running") == 0
+    s = w.wait_metric("streamflow_jobs_succeeded_total", 2, queue="mq")
+    assert value(s, "streamflow_jobs_succeeded_total", queue="mqf") == 0
     assert value(s, "streamflow_messages_dead_lettered_total", group="streamflow:jobs",
                  stream="streamflow:queue:{mqf}") == 1
 

@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from ..codec import encode_json
 from ..errors import BadJob, PayloadError
-from ..keys import job_key
+from ..keys import job_key, queue_stats_key
 from ..message import Message
 from ..policies import Retry
 from . import scripts
@@ -74,6 +74,7 @@ class QueueRunner:
                  task_field: str | None, max_payload_bytes: int) -> None:
         self.queue = queue
         self.stream = stream
+        self.stats_key = queue_stats_key(stream)  # the queue's totals (succeeded)
         self.retry = retry  # the queue's policy, for entries naming no known task
         self.failure_ttl = failure_ttl  # for failed entries naming no known task
         self.task_field = task_field.encode() if task_field else None
@@ -205,6 +206,7 @@ class QueueRunner:
             else:
                 keys.append(rec[0])
                 argv += [raw_id, *rec[1:]]
+        keys.append(self.stats_key)  # the queue's totals: HINCRBY succeeded
         if self._finish_loaded:
             return ["EVALSHA", self._finish_sha, len(keys) + 1, key, *keys, *argv]
         self._finish_loaded = True  # EVAL caches the script: the next batches go by digest

@@ -210,14 +210,16 @@ return {n, nxt[2] or false, now}
 
 #: Ack handled job entries and store their results (the first result of a job wins; a
 #: cancelled job keeps its status and its result is discarded).
-#: KEYS[1] the stream key the entries are pending in, KEYS[2..] their job hashes.
+#: KEYS[1] the stream key the entries are pending in, KEYS[2..n-1] their job hashes, KEYS[n]
+#: the queue's totals hash (``HINCRBY succeeded``).
 #: ARGV[1] group, [2] worker; then 8 per job: entry id, outcome ('succeeded' or
 #: 'discard'), result JSON, started ms, attempt, task, job id, result ttl.
 #: Returns how many entries were acked (or had been, by a cancel).
 FINISH = _LIB + """
 local now = now_ms()
 local acked = 0
-for i = 2, #KEYS do
+local succeeded = 0
+for i = 2, #KEYS - 1 do
   local b = 3 + (i - 2) * 8
   local eid = ARGV[b]
   local n = redis.call('XACK', KEYS[1], ARGV[1], eid)
@@ -236,9 +238,11 @@ for i = 2, #KEYS do
       redis.call('EXPIRE', h, ttl)
       notify(h, 'succeeded', ARGV[b + 2], ttl)
       release(h, now)
+      succeeded = succeeded + 1
     end
   end
 end
+if succeeded > 0 then redis.call('HINCRBY', KEYS[#KEYS], 'succeeded', succeeded) end
 return acked
 """
 

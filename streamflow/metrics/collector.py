@@ -120,11 +120,14 @@ _DEAD_LETTERS = MetricDef("streamflow_dead_letter_stream_length", "gauge",
 _JOBS = MetricDef("streamflow_jobs", "gauge", ("queue", "status"),
                   "Jobs of a queue per status: queued, scheduled, running, retrying, failed.")
 _JOB_STATUSES = ("queued", "scheduled", "running", "retrying", "failed")
+_JOBS_SUCCEEDED = MetricDef("streamflow_jobs_succeeded_total", "counter", ("queue",),
+                            "Jobs of a queue that finished with a result, since the queue "
+                            "began (kept in Redis, so every worker reports the same total).")
 
 #: Every family the exporter serves.
 METRICS: tuple[MetricDef, ...] = (
     *_COUNTERS.values(), *_LOAD.values(), _DURATION, _LATENCY, _TIMED, *_WORKER.values(),
-    *_GROUPS.values(), _STREAM_LENGTH, _DEAD_LETTERS, _JOBS,
+    *_GROUPS.values(), _STREAM_LENGTH, _DEAD_LETTERS, _JOBS, _JOBS_SUCCEEDED,
 )
 
 
@@ -195,6 +198,7 @@ class WorkerCollector:
         poll = self.poller.last
         fams = {key: _family(d) for key, d in _GROUPS.items()}
         lengths, dead, jobs = _family(_STREAM_LENGTH), _family(_DEAD_LETTERS), _family(_JOBS)
+        succeeded = _family(_JOBS_SUCCEEDED)
         if poll is not None and self.poller.error is None:
             for (stream, group), state in poll.groups.items():
                 if not state.exists:
@@ -214,10 +218,13 @@ class WorkerCollector:
                     value = getattr(q, status)
                     if value is not None:
                         jobs.add_metric([q.queue, status], value)
+                if q.succeeded is not None:
+                    succeeded.add_metric([q.queue], q.succeeded)
         yield from fams.values()
         yield lengths
         yield dead
         yield jobs
+        yield succeeded
 
 
 def build_registry(collector: WorkerCollector) -> CollectorRegistry:

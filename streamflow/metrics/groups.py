@@ -41,7 +41,15 @@ import anyio
 from redis.exceptions import RedisError
 
 from ..connection import redact_url
-from ..keys import JOBS_GROUP, RETRY_CONSUMER, consumer_leases_key, id_ms, id_successor, scheduled_key
+from ..keys import (
+    JOBS_GROUP,
+    RETRY_CONSUMER,
+    consumer_leases_key,
+    id_ms,
+    id_successor,
+    queue_stats_key,
+    scheduled_key,
+)
 from ..name_lease import parse_holder
 from ..redis_errors import Kind, classify
 from ..spec import HandlerSpec
@@ -97,6 +105,7 @@ class QueueState:
     running: int | None = None
     retrying: int | None = None
     failed: int | None = None
+    succeeded: int | None = None  # total since the queue began (its ~stats hash)
 
 
 @dataclass
@@ -196,6 +205,7 @@ class GroupPoller:
         queues = [t for t in self.targets if t.queue is not None]
         for t in queues:
             pipe.execute_command("ZCARD", scheduled_key(t.stream))
+            pipe.execute_command("HGET", queue_stats_key(t.stream), "succeeded")
         replies = iter(await pipe.execute(raise_on_error=False))
 
         time_reply = self._ok(next(replies), "TIME", "")
@@ -215,8 +225,13 @@ class GroupPoller:
         for t in self.targets:
             out.groups[(t.stream, t.group)] = self._group(
                 t, infos[t.stream], next(replies), next(replies), now_ms)
-        scheduled = {t.stream: self._ok(next(replies), "ZCARD", scheduled_key(t.stream))
-                     for t in queues}
+        scheduled: dict[str, Any] = {}
+        succeeded: dict[str, Any] = {}
+        for t in queues:
+            scheduled[t.stream] = self._ok(next(replies), "ZCARD", scheduled_key(t.stream))
+            reply = next(replies)  # nil: nothing succeeded yet; an error: not known
+            succeeded[t.stream] = 0 if reply is None else self._ok(
+                reply, "HGET", queue_stats_key(t.stream))
         await self._undelivered(out, now_ms)
         for t in queues:
             g = out.groups[(t.stream, t.group)]
@@ -225,7 +240,8 @@ class GroupPoller:
             out.queues.append(QueueState(
                 t.queue or "", t.stream, queued=queued, scheduled=_int(scheduled[t.stream]),
                 running=running, retrying=g.retrying,
-                failed=out.dead_letters[(t.stream, t.dead_letter)]))
+                failed=out.dead_letters[(t.stream, t.dead_letter)],
+                succeeded=_int(succeeded[t.stream])))
         out.at = time.monotonic()
         return out
 
