@@ -12,7 +12,6 @@ from .errors import ConfigError
 from .jobs.mixin import JobsMixin
 from .jobs.registry import Jobs
 from .naming import default_group, handler_name
-from .partitions import check_partitions
 from .policies import Retention, Retry
 from .publishing import Durable, PartitionKey, Publisher
 from .spec import (
@@ -104,8 +103,7 @@ class App(JobsMixin):
         """
         check_handler_options(streams, concurrency=concurrency, timeout=timeout,
                               start_id=start_id, dead_letter=dead_letter)
-        if partitions is not None:
-            check_partitions(partitions)
+        if partitions is not None:  # (declare checks the count)
             streams = tuple(k for s in streams for k in self.publisher.declare(s, partitions))
 
         def decorate(func: H) -> H:

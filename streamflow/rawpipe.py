@@ -70,10 +70,11 @@ class RawPipe:
             if self.key is not None and isinstance(exc, OSError | RedisConnectionError):
                 await refresh(self.client, f"connection to {self._node_name} lost")
             raise
-        if self.key is not None and any(isinstance(r, _TOPOLOGY) for r in results):
+        moved = next((r for r in results if isinstance(r, _TOPOLOGY)), None)
+        if moved is not None and self.key is not None:
             # the slot is served elsewhere now (failover, resharding): re-read the slot map
             await self._drop()
-            await refresh(self.client, f"{next(r for r in results if isinstance(r, _TOPOLOGY))}")
+            await refresh(self.client, str(moved))
         return results
 
     @property

@@ -83,21 +83,14 @@ class AckBuffer:
     def take(self, keys: frozenset[str] | None = None) -> dict[tuple[str, str], list[bytes]]:
         """Remove and return everything buffered (for a caller that sends it itself), or
         only the buckets of the streams ``keys`` (one cluster slot's)."""
-        if keys is not None:
-            batch = {}
-            for key, ids in self._pending.items():
-                if ids and key[0] in keys:
-                    batch[key] = ids[:]
-                    ids.clear()
-            if not any(self._pending.values()):
-                self._has_items.clear()
-                self._full.clear()
-            return batch
-        batch = {key: ids[:] for key, ids in self._pending.items() if ids}
-        for ids in self._pending.values():
-            ids.clear()
-        self._has_items.clear()
-        self._full.clear()
+        batch = {}
+        for key, ids in self._pending.items():
+            if ids and (keys is None or key[0] in keys):
+                batch[key] = ids[:]
+                ids.clear()
+        if keys is None or not any(self._pending.values()):
+            self._has_items.clear()
+            self._full.clear()
         return batch
 
     def put_back(self, batch: dict[tuple[str, str], list[bytes]]) -> None:

@@ -25,15 +25,12 @@ from typing import Any
 
 import anyio
 
-from ..codec import KEY_FIELD
 from ..errors import HandlerTimeout, PayloadError, Reject
 from ..message import Message
 from ..spec import Handler, HandlerSpec
 from ..stats import Counters
 
 __all__ = ["KeyOrder"]
-
-_KEY_FIELD = KEY_FIELD.encode()
 
 
 class _Gate:
@@ -59,8 +56,8 @@ class KeyOrder:
         self._on_failure = on_failure  # the consumer's failure path (dead-letters)
         self.counters = counters  # failed / retried of in-place retries
         self.log = log
-        self._gates: dict[tuple[str, bytes], _Gate] = {}  # (stream key, entry key) -> gate
-        self._holding: dict[bytes, tuple[str, bytes]] = {}  # entry id -> gate it still holds
+        self._gates: dict[tuple[str, str], _Gate] = {}  # (stream key, entry key) -> gate
+        self._holding: dict[bytes, tuple[str, str]] = {}  # entry id -> gate it still holds
 
     @property
     def waiting(self) -> int:
@@ -69,7 +66,7 @@ class KeyOrder:
 
     async def handle(self, msg: Message) -> None:
         """The slots' handler: wait for the key, then run every attempt of ``msg``."""
-        key = _entry_key(msg)
+        key = msg.partition_key
         if key is None:
             await self._attempts(msg)
             return
@@ -124,7 +121,7 @@ class KeyOrder:
                 await anyio.sleep(delay)
                 msg.attempt += 1
 
-    async def _enter(self, gate_key: tuple[str, bytes]) -> None:
+    async def _enter(self, gate_key: tuple[str, str]) -> None:
         gate = self._gates.get(gate_key)
         if gate is None:
             gate = self._gates[gate_key] = _Gate()
@@ -142,7 +139,7 @@ class KeyOrder:
                 gate.waiters.remove(fut)
             raise
 
-    def _leave(self, gate_key: tuple[str, bytes]) -> None:
+    def _leave(self, gate_key: tuple[str, str]) -> None:
         gate = self._gates[gate_key]
         while gate.waiters:
             fut = gate.waiters.popleft()
@@ -152,12 +149,3 @@ class KeyOrder:
         gate.held = False
         del self._gates[gate_key]
 
-
-def _entry_key(msg: Message) -> bytes | None:
-    raw = msg.raw_fields
-    if raw:
-        for i in range(0, len(raw) - 1, 2):
-            if raw[i] == _KEY_FIELD:
-                value = raw[i + 1]
-                return value if isinstance(value, bytes) else str(value).encode()
-    return None

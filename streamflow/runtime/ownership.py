@@ -49,6 +49,8 @@ class Ownership:
         self.client = client
         self.streams = streams  # the partitions (stream keys) of the handler
         self.origin = origin  # every key read (replay streams too) -> its stream
+        # partition -> its keys (itself and its replay streams)
+        self._keys_of = {s: tuple(k for k, o in origin.items() if o == s) for s in streams}
         self.group = group
         self.consumer = consumer
         self.lease_ms = max(1000, int(lease * 1000))
@@ -129,8 +131,7 @@ class Ownership:
 
     async def _handover(self, key: str) -> None:
         """Claim every entry pending in ``key`` (and its replay stream), then read it."""
-        keys = [k for k, s in self.origin.items() if s == key]
-        await self.claims.drain_own_pending(tuple(keys), everyone=True)
+        await self.claims.drain_own_pending(self._keys_of[key], everyone=True)
         self.owned.add(key)
         self._bump()
         self.log.info("partition_taken", stream=key, group=self.group)
@@ -154,7 +155,7 @@ class Ownership:
                                self.consumer)
 
     async def _pending_to_me(self, key: str) -> bool:
-        for k in [k for k, s in self.origin.items() if s == key]:
+        for k in self._keys_of[key]:
             rows = await self.client.execute_command("XPENDING", k, self.group, "-", "+", 1,
                                                      self.consumer)
             if rows:
