@@ -11,6 +11,7 @@ from collections import Counter
 import anyio
 import pytest
 import redis
+import structlog
 
 from streamflow import App, ConfigError, Message
 from streamflow.clustering import SLOTS, key_slot
@@ -130,3 +131,38 @@ async def test_ordered_partitions_shared_by_two_workers(redis_url: str) -> None:
     # the second worker got its share: 3 partitions each, none owned twice
     assert len(consumers["w1"]) == len(consumers["w2"]) == 3
     assert not consumers["w1"] & consumers["w2"]
+
+
+async def test_ordered_gates_open_for_equal_ids_in_two_partitions() -> None:
+    """Entry ids repeat across partitions: two final failures with the same id in two
+    partitions each open their own key's gate (a gate left shut would stall the key)."""
+    from streamflow import HandlerSpec, Retry
+    from streamflow.runtime.ordering import KeyOrder
+    from streamflow.stats import Counters
+    from streamflow.testing import make_message
+
+    async def fail(msg: Message) -> None:
+        raise ValueError("no")
+
+    failed: list[str] = []
+
+    async def on_failure(msg: Message, exc: BaseException) -> None:
+        await anyio.sleep(0.01)
+        failed.append(msg.key)
+
+    spec = HandlerSpec(func=fail, name="fail", streams=("a", "b"), group="g",
+                       retry=Retry(max_attempts=1))
+    order = KeyOrder(fail, spec, on_failure=on_failure, counters=Counters(), log=structlog.get_logger())
+    msgs = [make_message(fields={"sf:json": "1", "sf:key": "k"}, stream=s, id="5-0") for s in ("a", "b")]
+
+    async def run(msg: Message) -> None:
+        try:
+            await order.handle(msg)
+        except ValueError as exc:
+            await order.on_failure(msg, exc)
+
+    async with anyio.create_task_group() as tg:
+        for msg in msgs:
+            tg.start_soon(run, msg)
+    assert sorted(failed) == ["a", "b"]
+    assert not order._gates and not order._holding  # every gate opened and was dropped

@@ -57,7 +57,8 @@ class KeyOrder:
         self.counters = counters  # failed / retried of in-place retries
         self.log = log
         self._gates: dict[tuple[str, str], _Gate] = {}  # (stream key, entry key) -> gate
-        self._holding: dict[bytes, tuple[str, str]] = {}  # entry id -> gate it still holds
+        # (stream key, entry id) -> the gate it still holds (ids repeat across partitions)
+        self._holding: dict[tuple[str, bytes], tuple[str, str]] = {}
 
     @property
     def waiting(self) -> int:
@@ -76,7 +77,7 @@ class KeyOrder:
             await self._attempts(msg)
         except BaseException as exc:
             if isinstance(exc, Exception):  # final failure: open the gate after on_failure
-                self._holding[msg.raw_id] = gate_key
+                self._holding[(msg.key, msg.raw_id)] = gate_key
                 raise
             self._leave(gate_key)
             raise
@@ -87,7 +88,7 @@ class KeyOrder:
         try:
             await self._on_failure(msg, exc)
         finally:
-            gate_key = self._holding.pop(msg.raw_id, None)
+            gate_key = self._holding.pop((msg.key, msg.raw_id), None)
             if gate_key is not None:
                 self._leave(gate_key)
 
